@@ -60,9 +60,12 @@ def test_baseline_test_needs_no_checkpoint_and_writes_outputs(run_args, tmp_path
     assert (run_dir / "config.yaml").is_file()
 
 
-def test_lora_test_without_checkpoint_is_a_clear_error(run_args):
-    with pytest.raises(SystemExit, match="needs a trained checkpoint.*Fix: run `fit`"):
-        main(["test", "--config", "full_lora.yaml", *run_args])
+@pytest.mark.parametrize("subcommand", ["test", "validate"])
+def test_lora_evaluation_without_checkpoint_is_a_clear_error(run_args, subcommand):
+    with pytest.raises(
+        SystemExit, match=f"`{subcommand}` of LoRA scope 'all' needs a trained checkpoint.*Fix: run `fit`"
+    ):
+        main([subcommand, "--config", "full_lora.yaml", *run_args])
 
 
 def test_fit_then_test_uses_the_newest_checkpoint(run_args, tmp_path):

@@ -317,3 +317,8 @@ def test_datamodule_setup_counts_truncated_abstracts(pairs_file, tiny_model_dir,
     examples = dm.datasets["validation"].examples
     assert any(ex.truncated for ex in examples)
     assert all(len(ex.prompt_ids) + len(ex.target_ids) <= MAX_LEN for ex in examples)
+
+
+def test_impossible_data_options_are_rejected_together():
+    with pytest.raises(DataError, match=r"max_seq_length=0: must be positive\n.*batch_size=-1: must be positive"):
+        TitleDataModule(max_seq_length=0, batch_size=-1)

@@ -346,3 +346,17 @@ def test_prepare_splits_unknown_source(tmp_path, monkeypatch, bad):
 def test_prepare_splits_missing_jsonl_source(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         prepare_splits(str(tmp_path / "missing.jsonl"), tmp_path / "out")
+
+
+def test_split_script_writes_the_same_splits_as_the_datamodule(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("split_script", Path(__file__).parents[1] / "datasets" / "split.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    source = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(200))
+    manifest = script.main(["--source", str(source), "--out", str(tmp_path / "a")])
+    assert manifest["counts"] == {"validation": 10, "test": 10, "train": 180}
+    prepare_splits(str(source), tmp_path / "b")
+    for split in ("train", "validation", "test"):
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()

@@ -84,7 +84,14 @@ class TitleGenCLI(LightningCLI):
         )
 
     def before_test(self) -> None:
-        config = self.config_init["test"]
+        self._default_to_newest_checkpoint("test")
+
+    def before_validate(self) -> None:
+        self._default_to_newest_checkpoint("validate")
+
+    def _default_to_newest_checkpoint(self, subcommand: str) -> None:
+        """Evaluating a LoRA experiment without `--ckpt_path` takes its newest checkpoint, and says which."""
+        config = self.config_init[subcommand]
         if config.get("ckpt_path") or self.model.hparams.lora_scope == "none":
             return
         logger = self.trainer.logger
@@ -93,11 +100,11 @@ class TitleGenCLI(LightningCLI):
         found = newest_checkpoint(save_dir, name)
         if found is None:
             raise SystemExit(
-                f"error: `test` of LoRA scope {self.model.hparams.lora_scope!r} needs a trained checkpoint, and"
+                f"error: `{subcommand}` of LoRA scope {self.model.hparams.lora_scope!r} needs a trained checkpoint, and"
                 f" {Path(save_dir, name)}/version_*/checkpoints/ holds none. Fix: run `fit` with this config first,"
                 " or pass --ckpt_path PATH."
             )
-        rank_zero_info(f"Testing the newest checkpoint of {name!r}: {found}")
+        rank_zero_info(f"Evaluating the newest checkpoint of {name!r}: {found}")
         config["ckpt_path"] = str(found)
 
 

@@ -209,8 +209,12 @@ class TitleDataModule(L.LightningDataModule):
             split_seed: seed of the split (fixed so that every experiment sees the same test set).
         """
         super().__init__()
+        bad = [f"data.{k}={v}: must be positive" for k, v in
+               {"max_seq_length": max_seq_length, "batch_size": batch_size, "eval_batch_size": eval_batch_size}.items()
+               if v <= 0]  # fmt: skip
+        if bad:
+            raise DataError("invalid data options:\n  " + "\n  ".join(bad))
         self.save_hyperparameters()
-        self.files: dict[str, Path] = {}
         self.datasets: dict[str, IndexedDataset] = {}
         self.tokenizer: Any = None
 

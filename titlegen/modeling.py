@@ -207,9 +207,16 @@ def generate(
         )
     finally:
         if was_training:
-            FastLanguageModel.for_training(model)
+            training_mode(model)
     new = out[:, prompt_ids.shape[1] :].tolist()
     return [row[: row.index(end_of_turn_id) + 1] if end_of_turn_id in row else row for row in new]
+
+
+def training_mode(model: Any) -> None:
+    """Undo `for_inference` (Unsloth's fast-generation state) so training gets gradients and checkpointing back."""
+    from unsloth import FastLanguageModel
+
+    FastLanguageModel.for_training(model)
 
 
 # ----------------------------------------------------------------------------------------------- saving

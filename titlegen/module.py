@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen import modeling
-from titlegen.data import chat_tokens, load_tokenizer
+from titlegen.data import ChatTokens, chat_tokens, load_tokenizer
 from titlegen.metrics import BERTScoreMetric
-from titlegen.modeling import DEFAULT_TARGET_MODULES, LoraScope
+from titlegen.modeling import DEFAULT_TARGET_MODULES, LoraScope, ModelConfigError
 from titlegen.prompts import clean_title
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,11 @@ class TitleGenModule(L.LightningModule):
             lora_seed: seed for the LoRA initialisation.
         """
         super().__init__()
+        _check_options(lora_r, lora_alpha, lora_dropout, max_new_tokens, val_generate_samples, learning_rate)
         self.save_hyperparameters()
         self.model: Any = None
         self.tokenizer: Any = None
+        self.chat: ChatTokens | None = None
         self.bertscore = BERTScoreMetric(bertscore_model, bertscore_num_layers, bertscore_lang)
         self.generations: list[dict[str, Any]] = []
         self.trainable_params = 0
@@ -88,6 +90,7 @@ class TitleGenModule(L.LightningModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model_name, hp.trust_remote_code)
+        self.chat = chat_tokens(self.tokenizer)
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         device_map = {"": device.index or 0} if device.type == "cuda" else "sequential"
         base = modeling.load_base_model(hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code)
@@ -97,10 +100,6 @@ class TitleGenModule(L.LightningModule):
         )  # fmt: skip
         self.trainable_params = modeling.trainable_parameters(self.model)
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
-
-    @property
-    def chat(self) -> Any:
-        return chat_tokens(self.tokenizer)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -128,6 +127,12 @@ class TitleGenModule(L.LightningModule):
         keep = batch["index"] < cap if cap is not None else torch.ones_like(batch["index"], dtype=torch.bool)
         if keep.any():
             self._generate_and_collect(batch, keep)
+
+    def on_validation_model_train(self) -> None:
+        # Lightning's .train() alone would leave Unsloth in its inference state after generating titles.
+        super().on_validation_model_train()
+        if self.model is not None and self.trainable_params:
+            modeling.training_mode(self.model)
 
     def on_validation_epoch_start(self) -> None:
         self.bertscore.reset()
@@ -242,4 +247,25 @@ class TitleGenModule(L.LightningModule):
         rank_zero_info(f"Test results: {out_dir / 'metrics.json'} and {out_dir / 'predictions.jsonl'}")
 
 
-ModelConfigError = modeling.ModelConfigError
+def _check_options(
+    lora_r: int, lora_alpha: int, lora_dropout: float, max_new_tokens: int, val_generate: int | None, lr: float
+) -> None:
+    """Reject impossible values before any data or model is loaded; every problem is reported at once."""
+    problems = []
+    if lora_r <= 0:
+        problems.append(f"model.lora_r={lora_r}: the LoRA rank must be positive (e.g. 16)")
+    if lora_alpha <= 0:
+        problems.append(f"model.lora_alpha={lora_alpha}: must be positive (e.g. equal to lora_r)")
+    if not 0.0 <= lora_dropout < 1.0:
+        problems.append(f"model.lora_dropout={lora_dropout}: must be in [0, 1)")
+    if max_new_tokens <= 0:
+        problems.append(f"model.max_new_tokens={max_new_tokens}: must be positive (titles need ~20-40 tokens)")
+    if val_generate is not None and val_generate <= 0:
+        problems.append(
+            f"model.val_generate_samples={val_generate}: must be positive or null (all); the default checkpoint"
+            " callback monitors val/bertscore_f1, which needs generated titles"
+        )
+    if lr <= 0:
+        problems.append(f"model.learning_rate={lr}: must be positive (e.g. 2e-4)")
+    if problems:
+        raise ModelConfigError("invalid model options:\n  " + "\n  ".join(problems))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 # The question comes after the abstract: with it before, small instruct models (SmolLM2-135M) tend to copy the
-# abstract instead of answering. Compared on 8 abstracts with three other wordings (docs/prompt.md).
+# abstract instead of answering. Compared on 8 abstracts with five other wordings (docs/results.md, "Prompt").
 SYSTEM_PROMPT = "You are a helpful assistant."
 USER_TEMPLATE = "Abstract:\n{abstract}\n\nWhat is a good title for this paper? Reply with only the title."
 

