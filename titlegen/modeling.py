@@ -61,11 +61,17 @@ def materialize(model_name: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so concurrent processes (DDP ranks) never read a half-written model.
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
     try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache may be shared
         staging.rename(target)
-    except OSError:  # another process finished first
+    except OSError:
+        if not (target / "config.json").is_file():  # not just "another process finished first"
+            raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
@@ -200,7 +206,14 @@ def generate(
             input_ids=prompt_ids,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
+            # Greedy, whatever the checkpoint's generation_config says: transformers fills unset options from it,
+            # and Qwen2.5-Instruct ships sampling settings and repetition_penalty=1.05, which would also penalise
+            # the pad tokens of left-padded rows.
             do_sample=False,
+            repetition_penalty=1.0,
+            temperature=None,
+            top_k=None,
+            top_p=None,
             eos_token_id=end_of_turn_id,
             pad_token_id=pad_id,
             use_cache=True,

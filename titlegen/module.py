@@ -139,8 +139,7 @@ class TitleGenModule(L.LightningModule):
         self.generations = []
 
     def on_validation_epoch_end(self) -> None:
-        if self.generations:
-            self._log_bertscore("val")
+        self._log_bertscore("val")
 
     # ------------------------------------------------------------------------------------------- test
     def on_test_epoch_start(self) -> None:
@@ -152,9 +151,9 @@ class TitleGenModule(L.LightningModule):
         self._generate_and_collect(batch, torch.ones_like(batch["index"], dtype=torch.bool))
 
     def on_test_epoch_end(self) -> None:
-        result = self._log_bertscore("test")
-        if self.trainer.is_global_zero:
-            self._write_test_outputs(result)
+        scored = self._log_bertscore("test")
+        if scored is not None and self.trainer.is_global_zero:
+            self._write_test_outputs(*scored)
 
     # ------------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
@@ -214,23 +213,35 @@ class TitleGenModule(L.LightningModule):
                  "stopped": stopped, "new_tokens": len(tokens)}
             )  # fmt: skip
 
-    def _log_bertscore(self, stage: str) -> Any:
+    def _gathered_generations(self) -> list[dict[str, Any]]:
+        """Every rank's generations, de-duplicated by id (DistributedSampler repeats samples to even out ranks)."""
+        parts = [self.generations]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self.generations)
+        return list({g["id"]: g for part in parts for g in part}.values())
+
+    def _log_bertscore(self, stage: str) -> tuple[Any, list[dict[str, Any]]] | None:
+        # Every rank runs the same collectives in the same order, also a rank that generated nothing.
+        generations = self._gathered_generations()
+        if not generations:
+            return None
         result = self.bertscore.compute()
+        # The values are identical on every rank (computed from gathered strings), so no sync_dist.
         for name in ("precision", "recall", "f1"):
             self.log(f"{stage}/bertscore_{name}", getattr(result, name), prog_bar=name == "f1")
-        stopped = sum(g["stopped"] for g in self.generations) / len(self.generations)
-        self.log(f"{stage}/stopped_fraction", stopped, sync_dist=True)
-        return result
+        self.log(f"{stage}/stopped_fraction", sum(g["stopped"] for g in generations) / len(generations))
+        return result, generations
 
-    def _write_test_outputs(self, result: Any) -> None:
+    def _write_test_outputs(self, result: Any, generations: list[dict[str, Any]]) -> None:
         out_dir = Path(self.trainer.log_dir or ".")
         out_dir.mkdir(parents=True, exist_ok=True)
-        by_id = {g["id"]: g for g in self.generations}
+        by_id = {g["id"]: g for g in generations}
         with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
             for i, sample_id in enumerate(result.ids):
-                g = by_id.get(sample_id, {})
-                row = {"id": sample_id, "reference": g.get("reference"), "generated": g.get("generated"),
-                       "bertscore_f1": result.per_sample["f1"][i], "stopped": g.get("stopped")}  # fmt: skip
+                g = by_id[sample_id]
+                row = {"id": sample_id, "reference": g["reference"], "generated": g["generated"],
+                       "bertscore_f1": result.per_sample["f1"][i], "stopped": g["stopped"]}  # fmt: skip
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
         summary = {
