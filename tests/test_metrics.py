@@ -164,3 +164,13 @@ def test_resolve_packaged_encoder():
 )
 def test_resolve_other_names_unchanged(name):
     assert resolve_packaged_path(name) == name
+
+
+def test_score_of_gathered_strings_equals_compute_after_updates(fresh):
+    fresh.update(IDS[:2], PREDS[:2], REFS[:2])
+    fresh.update(IDS[2:], PREDS[2:], REFS[2:])
+    computed = fresh.compute()
+    direct = fresh.score(IDS, PREDS, REFS)
+    assert direct.ids == computed.ids == IDS
+    assert direct.per_sample == computed.per_sample
+    assert direct.f1 == computed.f1

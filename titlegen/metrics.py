@@ -87,9 +87,14 @@ class BERTScoreMetric:
         return ids, [unique[i][0] for i in ids], [unique[i][1] for i in ids]
 
     def compute(self) -> BERTScoreResult:
+        """Score every process's updates (a collective call under DDP: every rank must make it)."""
         ids, preds, refs = self.gathered()
         if not ids:
             raise RuntimeError("BERTScoreMetric.compute() called before any update()")
+        return self.score(ids, preds, refs)
+
+    def score(self, ids: list[str], preds: list[str], refs: list[str]) -> BERTScoreResult:
+        """Score strings that are already complete (gathered), with no communication between processes."""
         # bert-score documents P = R = F1 = 0 for an empty candidate, but with transformers 5 its tokenizer call for
         # "" fails; score the non-empty ones and give the empty ones 0 (an empty title is a failure to count).
         p, r, f = (torch.zeros(len(ids)) for _ in range(3))

@@ -135,7 +135,6 @@ class TitleGenModule(L.LightningModule):
             modeling.training_mode(self.model)
 
     def on_validation_epoch_start(self) -> None:
-        self.bertscore.reset()
         self.generations = []
 
     def on_validation_epoch_end(self) -> None:
@@ -205,7 +204,6 @@ class TitleGenModule(L.LightningModule):
         ids = [batch["ids"][r] for r in rows]
         refs = [batch["references"][r] for r in rows]
         titles = [clean_title(self.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens]
-        self.bertscore.update(ids, titles, refs)
         for r, sample_id, ref, title, tokens in zip(rows, ids, refs, titles, new_tokens, strict=True):
             stopped = bool(tokens) and tokens[-1] == self.chat.end_of_turn_id
             self.generations.append(
@@ -223,10 +221,12 @@ class TitleGenModule(L.LightningModule):
 
     def _log_bertscore(self, stage: str) -> tuple[Any, list[dict[str, Any]]] | None:
         # Every rank runs the same collectives in the same order, also a rank that generated nothing.
-        generations = self._gathered_generations()
+        generations = sorted(self._gathered_generations(), key=lambda g: g["id"])
         if not generations:
             return None
-        result = self.bertscore.compute()
+        result = self.bertscore.score(
+            [g["id"] for g in generations], [g["generated"] for g in generations], [g["reference"] for g in generations]
+        )
         # The values are identical on every rank (computed from gathered strings), so no sync_dist.
         for name in ("precision", "recall", "f1"):
             self.log(f"{stage}/bertscore_{name}", getattr(result, name), prog_bar=name == "f1")
