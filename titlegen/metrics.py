@@ -14,6 +14,15 @@ import torch
 from titlegen.resources import resolve_packaged_path
 
 
+def gather_from_ranks(local: list[Any]) -> list[Any]:
+    """Concatenate a picklable list from every process (a collective under DDP: every rank must call it)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(local)
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, local)
+    return [item for part in parts for item in part]
+
+
 @dataclass
 class BERTScoreResult:
     """Mean precision/recall/F1 and the per-sample scores, in the order of `ids`."""
@@ -77,12 +86,8 @@ class BERTScoreMetric:
 
     def gathered(self) -> tuple[list[str], list[str], list[str]]:
         """All processes' triples, de-duplicated by id (DistributedSampler repeats samples to even out ranks)."""
-        local = list(zip(self._ids, self._preds, self._refs, strict=True))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, local)
-            local = [triple for part in parts for triple in part]
-        unique = dict((sample_id, (pred, ref)) for sample_id, pred, ref in sorted(local))
+        triples = gather_from_ranks(list(zip(self._ids, self._preds, self._refs, strict=True)))
+        unique = dict((sample_id, (pred, ref)) for sample_id, pred, ref in sorted(triples))
         ids = list(unique)
         return ids, [unique[i][0] for i in ids], [unique[i][1] for i in ids]
 

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen import modeling
 from titlegen.data import ChatTokens, chat_tokens, load_tokenizer
-from titlegen.metrics import BERTScoreMetric
+from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.modeling import DEFAULT_TARGET_MODULES, LoraScope, ModelConfigError
 from titlegen.prompts import clean_title
 
@@ -213,11 +213,7 @@ class TitleGenModule(L.LightningModule):
 
     def _gathered_generations(self) -> list[dict[str, Any]]:
         """Every rank's generations, de-duplicated by id (DistributedSampler repeats samples to even out ranks)."""
-        parts = [self.generations]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, self.generations)
-        return list({g["id"]: g for part in parts for g in part}.values())
+        return list({g["id"]: g for g in gather_from_ranks(self.generations)}.values())
 
     def _log_bertscore(self, stage: str) -> tuple[Any, list[dict[str, Any]]] | None:
         # Every rank runs the same collectives in the same order, also a rank that generated nothing.
