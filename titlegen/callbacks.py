@@ -1,14 +1,21 @@
-"""Side effects of a run that the LightningModule should not carry: adapter export, sample titles, throughput."""
+"""What a run does beside the LightningModule: adapter export, sample titles, throughput, predicted titles file."""
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from titlegen.metrics import gather_from_ranks
 
 
 def _tensorboard(trainer: L.Trainer) -> Any:
@@ -99,3 +106,139 @@ class Throughput(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation time is not training time: restart the window after it.
         self._tokens, self._start = 0, None
+
+
+class TitleWriter(BasePredictionWriter):
+    """Write the titles that `predict` generates to a JSONL file, one line per input abstract, in input order."""
+
+    def __init__(self, output: str | None = None) -> None:
+        """Args:
+        output: JSONL file for the titles (id, abstract, title, stopped, new_tokens, and reference when the input
+            has a title); default `titles.jsonl` in the run's log folder, beside the config.yaml that records the
+            checkpoint and options.
+        """
+        super().__init__(write_interval="epoch")
+        self.output = output
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
+        # Every process calls this once, so the gather is safe; predict's sampler gives each rank distinct samples.
+        rows = gather_from_ranks([row for batch in predictions for row in batch])
+        if not trainer.is_global_zero:
+            return
+        ordered = [row for _, row in sorted({row["index"]: row for row in rows}.items())]
+        path = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "titles.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "w", encoding="utf-8") as handle:
+            for row in ordered:
+                handle.write(json.dumps({k: v for k, v in row.items() if k != "index"}, ensure_ascii=False) + "\n")
+        partial.replace(path)  # never a half-written file under the final name
+        stopped = sum(row["stopped"] for row in ordered)
+        rank_zero_info(f"{len(ordered)} titles written to {path} ({stopped} ended on the end-of-turn token).")
+
+
+# ----------------------------------------------------------------------------------------------- reliability
+RESUME_HINT = "run the same `fit` command again with `--ckpt_path last`"
+
+
+class TrainingInterrupted(SystemExit):
+    """`fit` stopped on SIGINT/SIGTERM after saving a resumable checkpoint; the message says how to resume."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss is NaN or infinite; raised before backward, so the saved weights are still good."""
+
+
+def save_last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """Save the trainer's full state (weights, optimizer, scheduler, loops, datamodule) as the checkpoint callback's
+    `last.ckpt`, the file that `fit --ckpt_path last` resumes from. Every rank must call it (the save synchronizes).
+    """
+    callback = trainer.checkpoint_callback
+    if trainer.fast_dev_run or callback is None or getattr(callback, "dirpath", None) is None:
+        return None
+    metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch)}
+    metrics["step"] = torch.tensor(trainer.global_step)
+    path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST)
+    # Recorded in the callback's own state, so a resumed run overwrites this file instead of writing last-v1.ckpt.
+    callback.last_model_path = path
+    trainer.save_checkpoint(path, weights_only=False)  # the full state: optimizer, scheduler, loops
+    return Path(path)
+
+
+class GracefulStop(L.Callback):
+    """SIGINT (Ctrl+C) or SIGTERM during `fit`: finish the running step, save `last.ckpt`, exit non-zero.
+
+    The signal handler only sets a flag; the run stops at the next batch boundary, after the optimizer step, so
+    the checkpoint is a consistent state that `fit --ckpt_path last` continues from exactly. Lightning's own
+    SIGTERM handler is kept and called (it stops a running validation and passes the signal to DDP workers); a
+    second Ctrl+C aborts at once without saving.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.saved: Path | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its SIGTERM handler (which it restores, with SIGINT's, at teardown).
+        self.received, self.saved = None, None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        lightning_sigterm = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.received is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the second Ctrl+C: stop now
+            self.received = signum
+            rank_zero_info(
+                f"{signal.Signals(signum).name} received: stopping after this training step and saving last.ckpt"
+                " (Ctrl+C again aborts at once, without saving)."
+            )
+            if callable(lightning_sigterm):
+                lightning_sigterm(signal.SIGTERM, frame)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        # Every rank takes the decision together: one rank alone leaving would hang the others' next collective.
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            self._stop(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning itself stops a running validation on the signal (SIGTERMException), between two batches: save
+        # the state there too. Not on a second Ctrl+C (KeyboardInterrupt), which may come in the middle of a step.
+        if isinstance(exception, SIGTERMException) and self.received is not None and trainer.global_step > 0:
+            self.saved = save_last_checkpoint(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        self.saved = save_last_checkpoint(trainer)
+        raise TrainingInterrupted(self.message(trainer))
+
+    def message(self, trainer: L.Trainer) -> str:
+        name = signal.Signals(self.received).name if self.received is not None else "a stop signal"
+        where = f"saved to {self.saved}" if self.saved else "nothing saved (fast_dev_run or no checkpoint callback)"
+        return (
+            f"error: training interrupted by {name} at global step {trainer.global_step}; resumable state {where}."
+            f" To continue: {RESUME_HINT}."
+        )
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stop at the first NaN/inf training loss, before backward, so `last.ckpt` holds the last good weights."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        saved = save_last_checkpoint(trainer)
+        where = f"The weights before this step are saved in {saved}." if saved else "Nothing was saved (fast_dev_run)."
+        hp = getattr(pl_module, "hparams", {})
+        raise NonFiniteLossError(
+            f"train/loss is {loss.detach().float().mean().item()} at global step {trainer.global_step} (epoch"
+            f" {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx}); the optimizer step was not"
+            f" taken. {where} Likely fixes: a lower --model.learning_rate (now {hp.get('learning_rate')}) or more"
+            " --model.warmup_steps (fp16, on a GPU without bf16 such as a T4, overflows sooner); else a broken sample"
+            " in this batch. Then run `fit` again: a resume would repeat this step with the checkpoint's schedule."
+        )

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from titlegen.callbacks import AdapterExport, SampleTitles, Throughput
+from titlegen.callbacks import (
+    AdapterExport,
+    GracefulStop,
+    NonFiniteLossGuard,
+    SampleTitles,
+    Throughput,
+    TitleWriter,
+    TrainingInterrupted,
+)
 from titlegen.data import TitleDataModule
 from titlegen.module import TitleGenModule
+from titlegen.preflight import MIN_FREE_BYTES, PreflightError, check_checkpoint, check_model, check_writable
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# --ckpt_path values that Lightning itself resolves (titlegen resolves `last` first, see _resolve_last_checkpoint).
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 
 class ConfigNotFound(SystemExit):
@@ -45,13 +60,15 @@ def _find_config(name: str) -> str:
     )
 
 
-def newest_checkpoint(save_dir: str | Path, experiment: str, model_name: str | None = None) -> Path | None:
+def newest_checkpoint(
+    save_dir: str | Path, experiment: str, model_name: str | None = None, pattern: str = "*.ckpt"
+) -> Path | None:
     """The most recently written checkpoint of an experiment, or None.
 
     With `model_name`, only runs of that base model count (read from the run's hparams.yaml), so a SmolLM2 run
-    under the same experiment name is never tested on Qwen.
+    under the same experiment name is never tested on Qwen. `pattern` narrows the file names (`last*.ckpt`).
     """
-    found = sorted(Path(save_dir, experiment).glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(Path(save_dir, experiment).glob(f"version_*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
     if model_name is not None:
         found = [p for p in found if _run_model_name(p.parents[1]) in (model_name, None)]
     return found[-1] if found else None
@@ -62,6 +79,15 @@ def _run_model_name(run_dir: Path) -> str | None:
     if not hparams.is_file():
         return None
     return (yaml.safe_load(hparams.read_text()) or {}).get("model_name")
+
+
+def _logger_root(trainer_config: Any) -> tuple[Path, str] | None:
+    """save_dir and name of the configured logger (a parsed, not yet instantiated, config), if it has them."""
+    logger = trainer_config.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if init_args is None or init_args.get("save_dir") is None:
+        return None
+    return Path(init_args.save_dir), str(init_args.get("name") or "")
 
 
 class TitleGenCLI(LightningCLI):
@@ -84,6 +110,7 @@ class TitleGenCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterExport, "adapter_export")
         parser.add_lightning_class_args(SampleTitles, "sample_titles")
         parser.add_lightning_class_args(Throughput, "throughput")
+        parser.add_lightning_class_args(TitleWriter, "prediction_writer")
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -100,11 +127,95 @@ class TitleGenCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path's hyperparameters right after parsing: resolve `last` and check the file
+        # before that, so that a bad checkpoint is refused with a clear message and `last` works like a path.
+        self._checked_ckpt: str | None = None
+        self._resolve_last_checkpoint()
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            check_checkpoint(str(ckpt_path))
+            self._checked_ckpt = str(ckpt_path)
+
+    def before_fit(self) -> None:
+        self._preflight("fit")
+
+    def fit(self, model: TitleGenModule, **kwargs: Any) -> None:
+        try:
+            self.trainer.fit(model, **kwargs)
+        except SIGTERMException as err:
+            # Lightning stopped a validation on the signal; GracefulStop saved the state. Exit non-zero, say how.
+            stop = next((c for c in self.trainer.callbacks if isinstance(c, GracefulStop)), GracefulStop())
+            raise TrainingInterrupted(stop.message(self.trainer)) from err
+
     def before_test(self) -> None:
         self._default_to_newest_checkpoint("test")
+        self._preflight("test")
 
     def before_validate(self) -> None:
         self._default_to_newest_checkpoint("validate")
+        self._preflight("validate")
+
+    def before_predict(self) -> None:
+        self._default_to_newest_checkpoint("predict")
+        self._preflight("predict")
+
+    def _resolve_last_checkpoint(self) -> None:
+        """`--ckpt_path last` means this experiment's newest last.ckpt of this base model, in any version folder.
+
+        Lightning's own `last` looks only in the new run's folder, so a resume would silently start over. `fit`
+        also goes on logging (and checkpointing) in the version folder it resumes, so one run keeps one folder.
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is None or config.get("ckpt_path") != "last":
+            return
+        root = _logger_root(config.trainer)
+        save_dir, name = root if root else (Path(config.trainer.default_root_dir or "."), "lightning_logs")
+        model_name = config.model.model_name
+        found = newest_checkpoint(save_dir, name, model_name, pattern="last*.ckpt")
+        if found is None:
+            raise PreflightError(
+                f"error: --ckpt_path last: {Path(save_dir, name)}/version_*/checkpoints/ holds no last.ckpt of"
+                f" {model_name!r}, so there is nothing to resume. Fix: run without --ckpt_path to start training,"
+                " or pass --ckpt_path PATH to a checkpoint (and the same --config and --trainer.logger options as"
+                " the run that wrote it)."
+            )
+        rank_zero_info(f"Resuming from {found}")
+        config.ckpt_path = str(found)
+        if subcommand == "fit" and root is not None:
+            config.trainer.logger.init_args.version = found.parents[1].name
+            # Expected when resuming there, so not worth ModelCheckpoint's warning.
+            warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(found.parent))} exists")
+
+    def _preflight(self, subcommand: str) -> None:
+        """Checks that need nothing loaded: the log folder, the checkpoint's safety, the model's name and layers."""
+        config = self.config_init[subcommand]
+        if config.get("weights_only") is False:
+            raise PreflightError(
+                "error: --weights_only=false: titlegen loads checkpoints as plain tensors and values only, so that"
+                " loading one never runs code. Fix: drop the option; titlegen's checkpoints need nothing else."
+            )
+        if "weights_only" in config:
+            config["weights_only"] = True  # also where Lightning loads it, whatever torch's default becomes
+        logger = self.trainer.logger
+        save_dir = getattr(logger, "save_dir", None)
+        if save_dir:
+            log_root = Path(save_dir, getattr(logger, "name", None) or "")
+            option = "--trainer.logger.init_args.save_dir"
+        else:
+            log_root, option = Path(self.trainer.default_root_dir), "--trainer.default_root_dir"
+        check_writable(log_root, option, MIN_FREE_BYTES if subcommand == "fit" else 0)
+        ckpt_dir = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        if subcommand == "fit" and ckpt_dir:
+            check_writable(Path(ckpt_dir), "--checkpoint.dirpath", MIN_FREE_BYTES)
+        ckpt_path = config.get("ckpt_path")  # also the newest checkpoint that `test` takes by default
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and str(ckpt_path) != self._checked_ckpt:
+            check_checkpoint(str(ckpt_path))
+        hp = self.model.hparams
+        check_model(hp.model_name, hp.lora_scope, hp.trust_remote_code)
 
     def _default_to_newest_checkpoint(self, subcommand: str) -> None:
         """Evaluating a LoRA experiment without `--ckpt_path` takes its newest checkpoint, and says which."""
@@ -126,8 +237,18 @@ class TitleGenCLI(LightningCLI):
         config["ckpt_path"] = str(found)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> TitleGenCLI:
-    """Entry point; tests call it with an argument list, as `main.py` calls it with sys.argv."""
+def main(args: list[str] | None = None, run: bool = True) -> TitleGenCLI | None:
+    """Entry point; tests call it with an argument list, as `main.py` calls it with sys.argv.
+
+    `report` and `export` are not Trainer methods, so not LightningCLI subcommands: they have their own parsers
+    (`main.py report --help`) and return None here.
+    """
+    command, *rest = (sys.argv[1:] if args is None else args) or [None]
+    if command in ("report", "export"):
+        import importlib
+
+        importlib.import_module(f"titlegen.{command}").main(rest)
+        return None
     if args is None:
         # Rewrite argv in place: LightningCLI warns when given both `args` and command-line arguments.
         sys.argv[1:] = resolve_config_args(sys.argv[1:])
@@ -139,6 +260,8 @@ def main(args: list[str] | None = None, run: bool = True) -> TitleGenCLI:
         args=args,
         run=run,
         seed_everything_default=3407,
+        # Always on, whatever a config's callbacks list says: stop cleanly on a signal or a non-finite loss.
+        trainer_defaults={"callbacks": [GracefulStop(), NonFiniteLossGuard()]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": False},
     )

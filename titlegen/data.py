@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from titlegen.inputs import read_abstracts
 from titlegen.prompts import build_messages
-from titlegen.splits import DataError, prepare_splits, read_pairs
+from titlegen.sampling import LengthGroupedSampler
+from titlegen.splits import SPLITS, DataError, check_split_files, prepare_splits, read_pairs
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 _MARKER = "TITLEGEN_ANSWER_MARKER"
+# The split files each trainer stage reads.
+STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
 # Preferred pad tokens, in order, when the tokenizer has none or its pad would collide with end-of-turn/eos.
 _PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<unk>")
 
@@ -150,6 +157,9 @@ class Collator:
             labels[row, len(ex.prompt_ids) : len(seq)] = torch.tensor(ex.target_ids)
             attention_mask[row, : len(seq)] = 1
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        # Flat indices of the hidden states that predict a label (position t predicts t + 1), found here on the CPU
+        # so that the loss can pick them on the GPU without waiting for it (a boolean mask would sync every step).
+        batch["label_positions"] = (labels[:, 1:] != IGNORE_INDEX).nonzero() @ torch.tensor([width, 1])
         if self.for_generation:
             batch.update(left_pad([ex.prompt_ids for _, ex in items], self.pad_id))
             batch["ids"] = [ex.id for _, ex in items]
@@ -200,12 +210,14 @@ class TitleDataModule(L.LightningDataModule):
         train_file: str | None = None,
         validation_file: str | None = None,
         test_file: str | None = None,
+        predict_file: str | None = None,
         model_name: str = "Qwen/Qwen2.5-0.5B-Instruct",
         max_seq_length: int = 512,
         max_new_tokens: int = 48,
-        batch_size: int = 8,
+        batch_size: int = 32,
         eval_batch_size: int = 32,
         num_workers: int = 2,
+        group_by_length: bool = True,
         hub_samples: int = 20_000,
         split_seed: int = 20261125,
         trust_remote_code: bool = False,
@@ -220,13 +232,18 @@ class TitleDataModule(L.LightningDataModule):
             train_file: a JSONL to train on instead of `data_dir/train.jsonl`.
             validation_file: a JSONL to validate on instead of `data_dir/validation.jsonl`.
             test_file: a JSONL to test on instead of `data_dir/test.jsonl`.
+            predict_file: abstracts that `predict` titles: JSONL with `abstract` (optional `id`, and `title` kept as
+                the reference), or a .txt file with one abstract a line.
             model_name: whose tokenizer and chat template to use (linked to `model.model_name` by the CLI).
             max_seq_length: longest prompt + title in tokens; longer abstracts are truncated and counted.
             max_new_tokens: tokens kept free for the title after every prompt, whatever the title (linked from
                 `model.max_new_tokens`): prompts longer than max_seq_length - max_new_tokens lose abstract text.
-            batch_size: training batch size per device.
+            batch_size: training batch size per device. 32 keeps a GPU busy (at 8, a 0.5B model's step is bound by
+                Python and kernel-launch time) and peaks at 1.8 GiB on the Qwen2.5-0.5B shape: far inside a 16 GB T4.
             eval_batch_size: validation/test batch size per device (also the generation batch).
             num_workers: DataLoader worker processes.
+            group_by_length: train on random batches of similar-length samples (less padding, same samples per
+                epoch; the order depends only on the run's seed); false for plain random batches.
             hub_samples: how many records to sample when `source` is a Hugging Face dataset id.
             split_seed: seed of the split (fixed so that every experiment sees the same test set).
             trust_remote_code: allow the tokenizer's repository to run code (linked from `model.trust_remote_code`).
@@ -240,21 +257,35 @@ class TitleDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.datasets: dict[str, IndexedDataset] = {}
         self.tokenizer: Any = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained) from a checkpoint
 
     def _explicit_files(self) -> dict[str, str | None]:
         hp = self.hparams
         return {"train": hp.train_file, "validation": hp.validation_file, "test": hp.test_file}
 
+    def _split_paths(self) -> dict[str, Path]:
+        explicit = self._explicit_files()
+        return {split: Path(explicit[split] or Path(self.hparams.data_dir) / f"{split}.jsonl") for split in SPLITS}
+
     def prepare_data(self) -> None:
         # Runs on one process per node: the place to write files and convert a GGUF model once.
-        if not all(self._explicit_files().values()):
+        predicting = self.trainer is not None and self.trainer.state.fn == TrainerFn.PREDICTING
+        if not predicting and not all(self._explicit_files().values()):  # `predict` reads only predict_file
             prepare_splits(
                 self.hparams.source, self.hparams.data_dir, self.hparams.hub_samples, seed=self.hparams.split_seed
             )
+        if not predicting:
+            # Every line of the files this stage reads is checked here, before the tokenizer (and a GGUF conversion)
+            # or any model loads: a bad line fails the run in seconds, with every problem of every file listed.
+            stage = self.trainer.state.fn.value if self.trainer is not None else None
+            check_split_files(self._split_paths(), STAGE_SPLITS.get(stage, SPLITS))
         load_tokenizer(self.hparams.model_name, self.hparams.trust_remote_code)
 
     def setup(self, stage: str) -> None:
-        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}.get(stage, ())
+        if stage == "predict":
+            self._setup_predict()
+            return
+        needed = STAGE_SPLITS.get(stage, ())
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model_name, hp.trust_remote_code)
         for split in needed:
@@ -265,22 +296,79 @@ class TitleDataModule(L.LightningDataModule):
             _report_truncation(path, sum(ex.truncated for ex in examples), len(examples), hp.max_seq_length)
             self.datasets[split] = IndexedDataset(examples)
 
+    def _setup_predict(self) -> None:
+        hp = self.hparams
+        if hp.predict_file is None:
+            raise DataError(
+                "data.predict_file is not set, and `predict` needs abstracts to title. Fix: --data.predict_file"
+                " abstracts.jsonl (objects with `abstract`) or abstracts.txt (one abstract a line)."
+            )
+        self.tokenizer = load_tokenizer(hp.model_name, hp.trust_remote_code)
+        # Rows without a title get "" as reference: the prompt does not depend on it, only the unused loss labels.
+        examples = encode_pairs(read_abstracts(hp.predict_file), self.tokenizer, hp.max_seq_length, hp.max_new_tokens)
+        _report_truncation(hp.predict_file, sum(ex.truncated for ex in examples), len(examples), hp.max_seq_length)
+        self.datasets["predict"] = IndexedDataset(examples)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         pad_id = chat_tokens(self.tokenizer).pad_id
+        dataset = self.datasets[split]
+        batch_size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
+        sampler = None
+        if shuffle and self.hparams.group_by_length:
+            # The seed LightningCLI's seed_everything exported, so the order is part of the run's seed.
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            lengths = [len(ex.prompt_ids) + len(ex.target_ids) for ex in dataset.examples]
+            sampler = LengthGroupedSampler(lengths, batch_size, seed=seed)
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size,
-            shuffle=shuffle,
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=Collator(pad_id, for_generation=split != "train"),
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self._resume_at is not None:
+            (epoch, done), self._resume_at = self._resume_at, None
+            if isinstance(loader.sampler, LengthGroupedSampler):
+                loader.sampler.resume(epoch, done)
+            elif done:
+                log.warning(
+                    "Resuming in the middle of epoch %d with data.group_by_length=false: the plain random order cannot"
+                    " be continued, so this epoch starts over in a new order.", epoch,
+                )  # fmt: skip
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch; Lightning keeps it in every checkpoint, so a resumed run continues
+        the seeded order at the next batch instead of starting the epoch over (repeating batches it trained on)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        epoch = trainer.current_epoch
+        # `processed` counts batches whose optimizer step ran: a checkpoint saved before a step (a non-finite loss)
+        # resumes with that batch, one saved after it with the next.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        return {"train_epoch": epoch, "train_batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_epoch" in state_dict:
+            self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+        if self.hparams.group_by_length:
+            # The datamodule, not the DataLoader, carries the position, so Lightning would wrongly warn that it
+            # cannot resume mid-epoch.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)

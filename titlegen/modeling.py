@@ -6,11 +6,12 @@ without it; `main.py` (and the test suite) import it first when it is installed,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,6 +187,91 @@ def lora_module_names(model: torch.nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
 
 
+# ----------------------------------------------------------------------------------------------- training loss
+def causal_lm_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    label_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled positions, as `model(..., labels=labels).loss` computes it.
+
+    Two shortcuts make it cheaper than the model's own loss, with the same value and gradients:
+    - the LM head (151,936 x 896 on Qwen2.5-0.5B, a quarter of the model's FLOPs per token) and the softmax run only
+      where a label exists: the title, under a tenth of each sequence, instead of every prompt position;
+    - decoder layers below the first adapted one run without autograd when they have nothing to train (LoRA on the
+      last layer only), so the backward pass starts at that layer instead of crossing every frozen layer.
+
+    `label_positions` (from `data.Collator`): flat indices into the (batch * length) hidden states of the positions
+    whose next token is a label; computed from `labels` when not given.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = causal_lm.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        # Logit transforms (Gemma 2, Cohere) live inside the model's own loss; use it rather than copy them.
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    backbone = causal_lm.model
+    # CausalLM.forward sets this for its backbone; with labels, Unsloth treats the batch as right-padded training.
+    backbone._has_no_labels = False
+    first = first_trainable_layer(backbone) if torch.is_grad_enabled() and backbone.training else 0
+    with _frozen_prefix_without_autograd(backbone.layers, first):
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    if label_positions is None:
+        label_positions = (labels[:, 1:] != -100).nonzero() @ torch.tensor([labels.shape[1], 1], device=labels.device)
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, label_positions)
+    targets = labels.reshape(-1).index_select(0, label_positions + 1)
+    return torch.nn.functional.cross_entropy(causal_lm.lm_head(picked).float(), targets)
+
+
+def first_trainable_layer(backbone: Any) -> int:
+    """Index of the first decoder layer with a trainable weight (0 when the embeddings train; len() when none)."""
+    if any(p.requires_grad for p in backbone.embed_tokens.parameters()):
+        return 0
+    for index, layer in enumerate(backbone.layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return index
+    return len(backbone.layers)
+
+
+@contextlib.contextmanager
+def _frozen_prefix_without_autograd(layers: Sequence[torch.nn.Module], first: int) -> Iterator[None]:
+    """Run `layers[:first]` without autograd and hand `layers[first]` an input that starts a fresh graph.
+
+    PEFT and Unsloth make the embeddings' output require grad (reentrant gradient checkpointing needs an input that
+    does), so by default autograd records, recomputes and backpropagates through every frozen layer. Here the frozen
+    layers run under no_grad, without checkpointing (they keep no activations), and the first adapted layer gets a
+    leaf input that requires grad, which its checkpoint needs.
+    """
+    if not 0 < first < len(layers):
+        yield
+        return
+    prefix = layers[:first]
+    checkpointing = [getattr(layer, "gradient_checkpointing", False) for layer in prefix]
+    grad_was_enabled = torch.is_grad_enabled()
+
+    def enter(module: torch.nn.Module, args: Any) -> None:
+        torch.set_grad_enabled(False)
+
+    def leave(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        torch.set_grad_enabled(grad_was_enabled)
+        if isinstance(output, tuple):
+            return (output[0].detach().requires_grad_(True), *output[1:])
+        return output.detach().requires_grad_(True)
+
+    for layer in prefix:
+        layer.gradient_checkpointing = False  # a checkpoint inside no_grad would only copy activations around
+    handles = [prefix[0].register_forward_pre_hook(enter), prefix[-1].register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, value in zip(prefix, checkpointing, strict=True):
+            layer.gradient_checkpointing = value
+        torch.set_grad_enabled(grad_was_enabled)
+
+
 # ----------------------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate(
@@ -237,4 +323,86 @@ def save_adapter(model: Any, directory: str | Path) -> Path:
     """Write `adapter_config.json` + `adapter_model.safetensors` that `peft.PeftModel.from_pretrained` loads."""
     directory = Path(directory)
     model.save_pretrained(directory)
+    return directory
+
+
+# ----------------------------------------------------------------------------------------------- exporting
+def merged_linear_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The fp32 weight a linear layer computes with: its base weight (dequantized when 4-bit) plus the LoRA updates.
+
+    The update of each active adapter is PEFT's own `get_delta_weight` (B @ A x alpha / r).
+    """
+    base = getattr(layer, "base_layer", layer)
+    weight = base.weight
+    if type(weight).__name__ == "Params4bit":
+        import bitsandbytes as bnb
+
+        # The same dequantization the 4-bit forward pass runs, so the merged weight is what the module multiplied by.
+        merged = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+    else:
+        merged = weight.detach().float().clone()
+    if hasattr(layer, "lora_A") and not getattr(layer, "disable_adapters", False):
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A:
+                merged += layer.get_delta_weight(adapter).float()
+    return merged
+
+
+def export_merged(
+    model: Any,
+    model_name: str,
+    tokenizer: Any,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Write a plain transformers model (and the tokenizer) that computes what the 4-bit model with LoRA computes.
+
+    The trained model multiplies by 4-bit weights dequantized on the fly, not by the original 16-bit weights, so
+    adding the LoRA update to the original weights would give another model with other greedy titles. Here every
+    projection is dequantized as the forward pass does it and the update is added in fp32; embeddings and norms are
+    copied as loaded. Unsloth's `save_pretrained_merged(..., save_method="merged_16bit")` is not used: its CPU
+    fallback refuses to merge into a 4-bit model (Unsloth 2026.10.9). The result loads with
+    `AutoModelForCausalLM.from_pretrained`, with no Unsloth, PEFT or bitsandbytes.
+
+    dtype: None keeps the dtype the model computes in (bf16 or fp16 on a GPU, fp32 on the CPU fallback), which
+        reproduces its titles; torch.float16 or torch.bfloat16 makes a smaller copy on the CPU.
+    """
+    import copy
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = dtype or causal_lm.get_input_embeddings().weight.dtype
+    # The original config, not the loaded one: that one carries the 4-bit quantization_config (and Unsloth's notes).
+    config = AutoConfig.from_pretrained(materialize(model_name), trust_remote_code=trust_remote_code)
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    sources = dict(causal_lm.named_modules())
+    with torch.no_grad():
+        for name, module in plain.named_modules():
+            tensors = dict(module.named_parameters(recurse=False))
+            saved_buffers = module.named_buffers(recurse=False)
+            tensors.update((key, b) for key, b in saved_buffers if key not in module._non_persistent_buffers_set)
+            if not tensors:
+                continue
+            source = sources.get(name)
+            if source is None:
+                raise ModelConfigError(
+                    f"export: {type(plain).__name__} has a module {name!r} that the trained model lacks: it was not"
+                    f" built from {model_name!r}. Fix: export with the config the checkpoint was trained with."
+                )
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(merged_linear_weight(source))
+                if module.bias is not None:
+                    module.bias.copy_(getattr(source, "base_layer", source).bias)
+                continue
+            for key, tensor in tensors.items():
+                tensor.copy_(getattr(source, key))
+    plain.generation_config = copy.deepcopy(causal_lm.generation_config)
+    # Stop where titlegen stops (end of turn, which `data.chat_tokens` made the tokenizer's eos) and pad as it pads.
+    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    directory = Path(directory)
+    plain.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory

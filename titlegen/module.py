@@ -102,13 +102,22 @@ class TitleGenModule(L.LightningModule):
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss
+        """Mean cross-entropy over the title tokens (the model's own loss, computed only where it is needed)."""
+        return modeling.causal_lm_loss(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("label_positions")
+        )
 
     # ------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
         if self.logger is not None:
             self.logger.log_metrics({"model/trainable_params": float(self.trainable_params)}, step=0)
+
+    def on_train_start(self) -> None:
+        # Lightning (>= 2.2) leaves modules in the mode they were built in, and from_pretrained builds them in eval
+        # mode: without this, the first steps (all of them with num_sanity_val_steps=0) would run without gradient
+        # checkpointing (several times the memory) and without the frozen-layer shortcut.
+        if self.trainable_params:
+            modeling.training_mode(self.model)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if self.trainable_params == 0:
@@ -153,6 +162,19 @@ class TitleGenModule(L.LightningModule):
         scored = self._log_bertscore("test")
         if scored is not None and self.trainer.is_global_zero:
             self._write_test_outputs(*scored)
+
+    # ------------------------------------------------------------------------------------------- predict
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Titles for a batch of abstracts; a reference title, when the input has one, is passed through."""
+        self.generations = []  # one batch at a time: the prediction writer keeps the rows, not the module
+        self._generate_and_collect(batch, torch.ones_like(batch["index"], dtype=torch.bool))
+        rows = []
+        for index, g in zip(batch["index"].tolist(), self.generations, strict=True):
+            row = {"id": g["id"], "abstract": g["abstract"], "title": g["generated"]}
+            row.update({"reference": g["reference"]} if g["reference"] else {})
+            rows.append({**row, "stopped": g["stopped"], "new_tokens": g["new_tokens"], "index": index})
+        self.generations = []
+        return rows
 
     # ------------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
@@ -236,8 +258,12 @@ class TitleGenModule(L.LightningModule):
         with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
             for i, sample_id in enumerate(result.ids):
                 g = by_id[sample_id]
+                # Per-sample P, R and F1 let `main.py report` bootstrap confidence intervals for each.
                 row = {"id": sample_id, "reference": g["reference"], "generated": g["generated"],
-                       "bertscore_f1": result.per_sample["f1"][i], "stopped": g["stopped"]}  # fmt: skip
+                       "bertscore_precision": result.per_sample["precision"][i],
+                       "bertscore_recall": result.per_sample["recall"][i],
+                       "bertscore_f1": result.per_sample["f1"][i], "stopped": g["stopped"],
+                       "abstract": g["abstract"]}  # fmt: skip
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
         summary = {

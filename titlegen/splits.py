@@ -36,6 +36,15 @@ def _problem_report(path: Path | str, problems: list[str], fix: str) -> DataErro
     return DataError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(shown) + more + f"\nFix: {fix}")
 
 
+def read_utf8_lines(path: Path) -> list[str]:
+    """The file's lines; a byte sequence that is not UTF-8 is a `DataError` naming file:line."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason}). Fix: re-encode the file as UTF-8.") from err
+
+
 def read_pairs(path: Path | str) -> list[dict[str, str]]:
     """Read a JSONL file of records with string `abstract` and `title` (and optional `id`).
 
@@ -44,15 +53,10 @@ def read_pairs(path: Path | str) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file. Fix: pass an existing JSONL file (one JSON object a line).")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason}). Fix: re-encode the file as UTF-8.") from err
     records: list[dict[str, str]] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(read_utf8_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -90,6 +94,44 @@ def normalize(text: str) -> str:
 def title_key(title: str) -> str:
     """Key for deduplication: case, punctuation and spacing do not make two titles different."""
     return re.sub(r"[^0-9a-z]+", "", title.lower())
+
+
+def check_split_files(paths: dict[str, Path], needed: Iterable[str]) -> None:
+    """Read every split file a stage needs and report all their problems in one `DataError`; warn about titles
+    that are in two splits (a test title seen in training inflates the test score). Reads no model or tokenizer.
+    """
+    records: dict[str, list[dict[str, str]]] = {}
+    errors: list[str] = []
+    for split in needed:
+        try:
+            records[split] = read_pairs(paths[split])
+        except DataError as err:
+            errors.append(f"data split {split!r}: {err}")
+    if errors:
+        raise DataError("\n".join(errors))
+    for split, path in paths.items():
+        if split not in records and Path(path).is_file():
+            try:
+                records[split] = read_pairs(path)
+            except DataError:
+                pass  # not needed by this stage: reported by the stage that reads it
+    first_seen: dict[str, tuple[str, str]] = {}
+    repeated: list[str] = []
+    for split, rows in records.items():
+        for row in rows:
+            key = title_key(row["title"])
+            seen = first_seen.setdefault(key, (split, row["id"]))
+            if seen[0] != split:
+                repeated.append(
+                    f"{row['title'][:80]!r}: {paths[seen[0]]} (id {seen[1]!r}) and {paths[split]} (id {row['id']!r})"
+                )
+    if repeated:
+        more = f"\n  ... and {len(repeated) - _MAX_LISTED} more" if len(repeated) > _MAX_LISTED else ""
+        log.warning(
+            "%d title(s) are in two splits, so scores on the later split are inflated:\n  %s%s\nFix: remove each"
+            " from one of the files (splits that prepare_splits builds never share a title).",
+            len(repeated), "\n  ".join(repeated[:_MAX_LISTED]), more,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: the Qwen2.5-0.5B-shaped model, the samples, and GPU timing."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Qwen2.5-0.5B-Instruct's shape (its config.json); speed and memory do not depend on the weight values.
+QWEN25_05B = dict(
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+)  # fmt: skip
+MAX_SEQ_LENGTH = 512  # the configs' default
+MAX_NEW_TOKENS = 48  # the configs' default title budget
+
+
+def build_model(out_dir: Path, tokenizer_source: str) -> Path:
+    """Save a random Qwen2.5-0.5B-shaped model with the tokenizer of `tokenizer_source` (its chat template too)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from titlegen.data import chat_tokens, load_tokenizer
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer = load_tokenizer(tokenizer_source)
+    chat = chat_tokens(tokenizer)
+    config = Qwen2Config(**QWEN25_05B, eos_token_id=chat.end_of_turn_id, pad_token_id=chat.pad_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def sample_records(pairs: Path, n: int, seed: int) -> list[dict[str, str]]:
+    """`n` random abstract/title pairs of the dataset: their token lengths are the real distribution."""
+    from titlegen.splits import SplitSettings, clean_and_dedupe, read_pairs
+
+    records = clean_and_dedupe(read_pairs(pairs), SplitSettings(source=str(pairs), source_hash=""))
+    if len(records) < n:
+        raise SystemExit(f"{pairs} has {len(records)} usable pairs; the benchmark needs {n}")
+    return random.Random(seed).sample(records, n)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write once: DDP ranks re-run the script and must not truncate a file that another rank is reading."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def examples(records: list[dict[str, str]], model_dir: Path) -> list[Any]:
+    """Tokenized exactly as titlegen's DataModule does (chat template, title-only labels, same prompt budget)."""
+    from titlegen.data import encode_pairs, load_tokenizer
+
+    return encode_pairs(records, load_tokenizer(str(model_dir)), MAX_SEQ_LENGTH, MAX_NEW_TOKENS)
+
+
+class Stopwatch:
+    """Wall time between GPU-synchronised points, and the peak memory since `start`."""
+
+    def __init__(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        self.elapsed = 0.0
+        self._t0 = 0.0
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def start(self) -> None:
+        self._sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        self._sync()
+        self.elapsed = time.perf_counter() - self._t0
+        return self.elapsed
+
+    @property
+    def peak_gib(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else 0.0
+
+
+def emit(result: dict[str, Any], path: str | None) -> None:
+    """Print one JSON line (the driver reads it) and optionally write it to a file."""
+    line = json.dumps(result)
+    print("BENCH_RESULT " + line, flush=True)
+    if path:
+        Path(path).write_text(line + "\n")

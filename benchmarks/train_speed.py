@@ -1,0 +1,205 @@
+"""One training-throughput measurement: real (non-padding) tokens/s and peak GPU memory over a fixed sample set.
+
+    python -m benchmarks.train_speed --variant {titlegen,unsloth,hf} --scope {all,last} --model DIR --pairs JSONL
+
+Variants, all on the same samples, LoRA r=16 on q,k,v,o,gate,up,down, the same batch size:
+- titlegen: this project's DataModule + LightningModule under the Lightning Trainer (what `main.py fit` runs);
+- unsloth: a plain PyTorch loop over Unsloth's model, as an Unsloth notebook with TRL's defaults trains: random
+  order, each batch padded to its longest sample, loss on the title tokens only, bf16 autocast, model(...).loss;
+- hf: the same loop over transformers + peft + bitsandbytes (4-bit NF4, prepare_model_for_kbit_training).
+Each variant first trains on separate warm-up batches, then is timed over one pass of the measured samples.
+Run each variant in its own process: Unsloth patches transformers when imported, and the hf variant must not see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, emit, examples, sample_records, write_jsonl
+
+if "--variant" in sys.argv and sys.argv[sys.argv.index("--variant") + 1] != "hf":
+    import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def layers_for(scope: str, model_dir: Path) -> list[int] | None:
+    from transformers import AutoConfig
+
+    return None if scope == "all" else [AutoConfig.from_pretrained(model_dir).num_hidden_layers - 1]
+
+
+# ------------------------------------------------------------------------------------------------- raw loops
+def load_unsloth(model_dir: Path, scope: str) -> Any:
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        str(model_dir), max_seq_length=MAX_SEQ_LENGTH, dtype=None, load_in_4bit=True, use_exact_model_name=True
+    )
+    return FastLanguageModel.get_peft_model(
+        model, r=16, lora_alpha=16, lora_dropout=0, target_modules=TARGETS, bias="none",
+        layers_to_transform=layers_for(scope, model_dir), use_gradient_checkpointing="unsloth", random_state=3407,
+    )  # fmt: skip
+
+
+def load_hf(model_dir: Path, scope: str) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0}
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    config = LoraConfig(
+        r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, layers_to_transform=layers_for(scope, model_dir),
+        bias="none", task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(model, config)
+
+
+def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: list[Any]) -> dict[str, Any]:
+    from titlegen.data import Collator, chat_tokens, load_tokenizer
+
+    collate = Collator(chat_tokens(load_tokenizer(str(args.model))).pad_id, for_generation=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=2e-4)
+    model.train()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def step(items: list[Any]) -> int:
+        batch = {k: v.to(device) for k, v in collate(list(enumerate(items))).items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            # The model's own loss on the full batch, as TRL computes it (titlegen's extra `label_positions` unused).
+            loss = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum())
+
+    b = args.batch_size
+    for i in range(0, len(warmup), b):
+        step(warmup[i : i + b])
+    # TRL's default: a random order, each batch padded to its own longest sample.
+    order = torch.randperm(len(measured), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    watch = Stopwatch()
+    watch.start()
+    tokens = sum(step([measured[j] for j in order[i : i + b]]) for i in range(0, len(order), b))
+    watch.stop()
+    return {"tokens": tokens, "seconds": watch.elapsed, "peak_gib": watch.peak_gib, "steps": -(-len(order) // b)}
+
+
+# ------------------------------------------------------------------------------------------------- titlegen
+def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path) -> dict[str, Any] | None:
+    from titlegen.data import TitleDataModule
+    from titlegen.module import TitleGenModule
+
+    timer = FitTimer()
+    for data_file, callbacks in ((warm_file, []), (measured_file, [timer])):
+        L.seed_everything(args.seed)
+        # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
+        # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
+        module = TitleGenModule(model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH)
+        datamodule = TitleDataModule(
+            train_file=str(data_file), validation_file=str(warm_file), test_file=str(warm_file),
+            model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
+            group_by_length=not args.no_grouping,
+        )  # fmt: skip
+        trainer = L.Trainer(
+            accelerator="auto", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_epochs=1,
+            limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, callbacks=callbacks,
+        )  # fmt: skip
+        trainer.fit(module, datamodule)
+    return timer.result if trainer.is_global_zero else None
+
+
+class FitTimer(L.Callback):
+    """Times one `fit` on every rank; at the end, sums the tokens and compares the LoRA weights across ranks."""
+
+    def __init__(self) -> None:
+        self.watch = Stopwatch()
+        self.tokens = 0
+        self.steps = 0
+        self.result: dict[str, Any] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        # From the first batch on, as the raw loops are timed: DataLoader workers start before it, in both.
+        if self.steps == 0:
+            trainer.strategy.barrier()
+            self.watch.start()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
+        self.tokens += int(batch["attention_mask"].sum())
+        self.steps += 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.watch.stop()
+        strategy = trainer.strategy
+        tokens = int(strategy.reduce(torch.tensor(float(self.tokens), device=pl_module.device), reduce_op="sum"))
+        weights = torch.cat([p.detach().float().flatten() for p in pl_module.parameters() if p.requires_grad])
+        gathered = strategy.all_gather(weights).reshape(trainer.world_size, -1)
+        self.result = {
+            "tokens": tokens, "seconds": self.watch.elapsed, "peak_gib": self.watch.peak_gib,
+            "steps": self.steps, "world_size": trainer.world_size,
+            # 0.0 when every rank ends with the same LoRA weights (DDP kept them in sync).
+            "lora_max_rank_diff": float((gathered - gathered[0]).abs().max()),
+            "lora_checksum": float(weights.double().abs().sum()),
+        }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=["titlegen", "unsloth", "hf"], required=True)
+    parser.add_argument("--scope", choices=["all", "last"], default="all")
+    parser.add_argument("--model", type=Path, required=True, help="the Qwen2.5-0.5B-shaped model (benchmarks.run)")
+    parser.add_argument("--pairs", type=Path, required=True, help="JSONL of abstract/title pairs")
+    parser.add_argument("--samples", type=int, default=1024, help="measured samples (one pass)")
+    parser.add_argument("--warmup-batches", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=8, help="per device; the configs' default")
+    parser.add_argument("--devices", type=int, default=1, help="GPUs for the titlegen variant (DDP when > 1)")
+    parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
+    parser.add_argument("--seed", type=int, default=3407)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+
+    warm_n = args.warmup_batches * args.batch_size * args.devices
+    records = sample_records(args.pairs, warm_n + args.samples, seed=args.seed)
+    warm, measured = records[:warm_n], records[warm_n:]
+    if args.variant == "titlegen":
+        # Each rank writes the same files; the names carry the pid of the launching process, so ranks agree.
+        tag = os.environ.get("TITLEGEN_BENCH_TAG", str(os.getpid()))
+        os.environ["TITLEGEN_BENCH_TAG"] = tag
+        warm_file = write_jsonl(args.workdir / f"warm-{tag}.jsonl", warm)
+        measured_file = write_jsonl(args.workdir / f"measured-{tag}.jsonl", measured)
+        result = titlegen_fit(args, warm_file, measured_file)
+        if result is None:
+            return
+    else:
+        model = (load_unsloth if args.variant == "unsloth" else load_hf)(args.model, args.scope)
+        result = raw_loop(args, model, examples(warm, args.model), examples(measured, args.model))
+    result.update(
+        variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
+        grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
+        tokens_per_sec=result["tokens"] / result["seconds"],
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    )  # fmt: skip
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
