@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -68,13 +69,16 @@ def measure_scope(scope: str, batches: list[dict[str, torch.Tensor]], device: st
             for batch in batches[:2]:
                 step(batch)  # warm-up: compilation for new shapes
             watch, times = Stopwatch(), []
-            watch.start()
+            watch.start()  # resets the peak once: it covers every repeat
             for _ in range(args.repeats):
-                one = Stopwatch()
-                one.start()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
                 for batch in batches:
                     step(batch)
-                times.append(one.stop() / len(batches))
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) / len(batches))
             watch.stop()
             print(
                 f"{scope:5s} {name:16s} autocast={autocast!s:5s} {1000 * statistics.median(times):7.1f} ms/step"

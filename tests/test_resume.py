@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from titlegen import modeling
-from titlegen.callbacks import NonFiniteLossError, TrainingInterrupted
+from titlegen.callbacks import GracefulStop, NonFiniteLossError, TrainingInterrupted
 from titlegen.cli import main, newest_checkpoint
 from titlegen.module import TitleGenModule
 from titlegen.preflight import PreflightError
@@ -163,6 +163,25 @@ def test_second_ctrl_c_aborts_at_once_without_saving(tiny_model_dir, data, tmp_p
     assert aborted.value.code == 1
     assert not list(tmp_path.rglob("*.ckpt"))  # a state from the middle of a step is no resume point
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_lightnings_sigterm_handler_runs_once_per_process():
+    """A DDP worker gets Ctrl+C from the terminal and SIGTERM from rank 0; Lightning's handler (which broadcasts to
+    the other ranks) must run once, or the ranks' collectives no longer match."""
+    calls: list[int] = []
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        stop = GracefulStop()
+        stop.on_train_start(None, None)
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGINT, None)
+        handler(signal.SIGTERM, None)
+        assert calls == [signal.SIGTERM]
+        assert stop.received == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
 
 
 def test_signal_during_validation_saves_last_and_exits_non_zero(tiny_model_dir, data, tmp_path, monkeypatch):

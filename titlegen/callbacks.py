@@ -148,7 +148,7 @@ class TrainingInterrupted(SystemExit):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss is NaN or infinite; raised before backward, so the saved weights are still good."""
+    """The training loss is NaN or infinite; raised before the optimizer step, so the saved weights are still good."""
 
 
 def save_last_checkpoint(trainer: L.Trainer) -> Path | None:
@@ -190,12 +190,15 @@ class GracefulStop(L.Callback):
         def handler(signum: int, frame: Any) -> None:
             if self.received is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # the second Ctrl+C: stop now
+            first = self.received is None
             self.received = signum
             rank_zero_info(
                 f"{signal.Signals(signum).name} received: stopping after this training step and saving last.ckpt"
                 " (Ctrl+C again aborts at once, without saving)."
             )
-            if callable(lightning_sigterm):
+            # Lightning's handler broadcasts to the other ranks: once per process, or a DDP worker that gets both
+            # the terminal's SIGINT and rank 0's forwarded SIGTERM would broadcast twice and desynchronise them.
+            if first and callable(lightning_sigterm):
                 lightning_sigterm(signal.SIGTERM, frame)
 
         signal.signal(signal.SIGINT, handler)
@@ -226,17 +229,34 @@ class GracefulStop(L.Callback):
 
 
 class NonFiniteLossGuard(L.Callback):
-    """Stop at the first NaN/inf training loss, before backward, so `last.ckpt` holds the last good weights."""
+    """Stop at the first NaN/inf training loss, before the optimizer step, so `last.ckpt` holds the last good weights.
+
+    The loss is checked just before the optimizer step rather than before backward: reading it on the host waits for
+    the GPU, and there the wait no longer keeps the backward pass from being queued.
+    """
+
+    def __init__(self) -> None:
+        self._finite: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+        # No host sync here; with gradient accumulation, a bad loss in any micro-batch of the step counts.
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        # The loss to report: the first non-finite one of the step (tensor ops, still no sync).
+        loss = loss.detach().float().mean()
+        self._loss = loss if self._loss is None else torch.where(torch.isfinite(self._loss), loss, self._loss)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        finite, loss = self._finite, self._loss
+        self._finite, self._loss = None, None
+        if finite is None or not trainer.strategy.reduce_boolean_decision(not bool(finite), all=False):
             return
         saved = save_last_checkpoint(trainer)
         where = f"The weights before this step are saved in {saved}." if saved else "Nothing was saved (fast_dev_run)."
         hp = getattr(pl_module, "hparams", {})
         raise NonFiniteLossError(
-            f"train/loss is {loss.detach().float().mean().item()} at global step {trainer.global_step} (epoch"
+            f"train/loss is {loss.float().mean().item()} at global step {trainer.global_step} (epoch"
             f" {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx}); the optimizer step was not"
             f" taken. {where} Likely fixes: a lower --model.learning_rate (now {hp.get('learning_rate')}) or more"
             " --model.warmup_steps (fp16, on a GPU without bf16 such as a T4, overflows sooner); else a broken sample"

@@ -159,7 +159,8 @@ class Collator:
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         # Flat indices of the hidden states that predict a label (position t predicts t + 1), found here on the CPU
         # so that the loss can pick them on the GPU without waiting for it (a boolean mask would sync every step).
-        batch["label_positions"] = (labels[:, 1:] != IGNORE_INDEX).nonzero() @ torch.tensor([width, 1])
+        rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+        batch["label_positions"] = rows * width + columns
         if self.for_generation:
             batch.update(left_pad([ex.prompt_ids for _, ex in items], self.pad_id))
             batch["ids"] = [ex.id for _, ex in items]

@@ -206,10 +206,12 @@ def causal_lm_loss(
     `label_positions` (from `data.Collator`): flat indices into the (batch * length) hidden states of the positions
     whose next token is a label; computed from `labels` when not given.
     """
+    from unsloth.models.llama import resolve_logit_transforms
+
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = causal_lm.config
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        # Logit transforms (Gemma 2, Cohere) live inside the model's own loss; use it rather than copy them.
+    if any(resolve_logit_transforms(causal_lm.config)):
+        # Logit softcapping or scaling (Gemma 2, Cohere, Granite, ...) lives inside the model's own loss: use it
+        # rather than copy it. Unsloth's own table decides, so the two cannot disagree on which models need it.
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     backbone = causal_lm.model
     # CausalLM.forward sets this for its backbone; with labels, Unsloth treats the batch as right-padded training.
@@ -218,10 +220,16 @@ def causal_lm_loss(
     with _frozen_prefix_without_autograd(backbone.layers, first):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
     if label_positions is None:
-        label_positions = (labels[:, 1:] != -100).nonzero() @ torch.tensor([labels.shape[1], 1], device=labels.device)
+        label_positions = flat_label_positions(labels)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, label_positions)
     targets = labels.reshape(-1).index_select(0, label_positions + 1)
     return torch.nn.functional.cross_entropy(causal_lm.lm_head(picked).float(), targets)
+
+
+def flat_label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices (row * width + t) of the positions t whose next token is a label (t + 1 is not -100)."""
+    rows, columns = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    return rows * labels.shape[1] + columns  # no integer matmul: CUDA has none
 
 
 def first_trainable_layer(backbone: Any) -> int:
@@ -253,11 +261,14 @@ def _frozen_prefix_without_autograd(layers: Sequence[torch.nn.Module], first: in
     def enter(module: torch.nn.Module, args: Any) -> None:
         torch.set_grad_enabled(False)
 
+    # Only a reentrant checkpoint needs an input that requires grad; without one, it would cost a needless dX pass.
+    needs_grad = bool(getattr(layers[first], "gradient_checkpointing", False))
+
     def leave(module: torch.nn.Module, args: Any, output: Any) -> Any:
         torch.set_grad_enabled(grad_was_enabled)
         if isinstance(output, tuple):
-            return (output[0].detach().requires_grad_(True), *output[1:])
-        return output.detach().requires_grad_(True)
+            return (output[0].detach().requires_grad_(needs_grad), *output[1:])
+        return output.detach().requires_grad_(needs_grad)
 
     for layer in prefix:
         layer.gradient_checkpointing = False  # a checkpoint inside no_grad would only copy activations around

@@ -71,7 +71,9 @@ class LengthGroupedSampler(Sampler[int]):
 
     def resume(self, epoch: int, batches_done: int) -> None:
         """Continue an interrupted run: epoch `epoch` starts after the `batches_done` (per-device) batches it had
-        already trained on, so the resumed run sees exactly the batches the uninterrupted one would have."""
+        already trained on, so the resumed run sees the batches the uninterrupted one would have. On one process
+        exactly; under DDP, when the epoch does not divide into full global batches, the last batch of each rank is
+        topped up with already-trained samples (Lightning's wrapper fixes the epoch's length when it is built)."""
         self._resume = (epoch, batches_done) if batches_done > 0 else None
         self.set_epoch(epoch)
 
@@ -83,6 +85,7 @@ class LengthGroupedSampler(Sampler[int]):
             self._resume = None  # once: the next epochs are whole
             # One process: drop the trained batches, and the loader ends where the epoch ends. Under DDP, Lightning's
             # DistributedSamplerWrapper indexes a list of len(self) indices, so they move to the end instead, where
-            # the epoch's batch count (Lightning stops at len(loader)) never reaches them.
+            # the epoch's batch count (Lightning stops at len(loader)) reaches at most the few that top up the last
+            # batch of each rank.
             order = order[done:] if world_size == 1 else order[done:] + order[:done]
         yield from order
