@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch._functorch.config as functorch_config
 
 from titlegen.resources import resolve_packaged_path
 
 log = logging.getLogger(__name__)
+
+# torch 2.14 checks, on the first call of each compiled graph, that custom ops do not alias their inputs, and turns
+# a violation into an error only when $CI is set. It flags inductor's own `alloc_from_pool` (which returns a view
+# of its memory pool by design) in the attention-mask builder that Unsloth compiles, so the same run would fail
+# under CI and merely warn elsewhere. Keep it a warning everywhere.
+functorch_config.error_on_custom_op_aliasing = False
 
 LoraScope = Literal["none", "all", "last"] | list[int]
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
