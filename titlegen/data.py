@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from titlegen.inputs import read_abstracts
+from titlegen.modeling import flat_label_positions
 from titlegen.prompts import build_messages
 from titlegen.sampling import LengthGroupedSampler
 from titlegen.splits import SPLITS, DataError, check_split_files, prepare_splits, read_pairs
@@ -159,8 +160,7 @@ class Collator:
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         # Flat indices of the hidden states that predict a label (position t predicts t + 1), found here on the CPU
         # so that the loss can pick them on the GPU without waiting for it (a boolean mask would sync every step).
-        rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
-        batch["label_positions"] = rows * width + columns
+        batch["label_positions"] = flat_label_positions(labels)
         if self.for_generation:
             batch.update(left_pad([ex.prompt_ids for _, ex in items], self.pad_id))
             batch["ids"] = [ex.id for _, ex in items]
