@@ -65,31 +65,61 @@ def examples(records: list[dict[str, str]], model_dir: Path) -> list[Any]:
 
 
 class Stopwatch:
-    """Wall time between GPU-synchronised points, and the peak memory since `start`."""
+    """Wall time between GPU-synchronised points, the peak memory since `start`, and per-step laps.
+
+    Laps are host-side (no sync per step), so a step that triggers a torch.compile recompilation shows as a long
+    lap; `compiles` counts the graphs compiled inside the timed window, which a warmed-up run should keep at 0.
+    """
 
     def __init__(self) -> None:
         self.cuda = torch.cuda.is_available()
         self.elapsed = 0.0
         self._t0 = 0.0
+        self.laps: list[float] = []
+        self.compiles = 0
+        self._graphs_at_start = 0
+        self._last = 0.0
 
     def _sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
 
+    @staticmethod
+    def _graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
     def start(self) -> None:
         self._sync()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        self._t0 = time.perf_counter()
+        self._graphs_at_start = self._graphs()
+        self.laps = []
+        self._t0 = self._last = time.perf_counter()
+
+    def lap(self) -> None:
+        now = time.perf_counter()
+        self.laps.append(now - self._last)
+        self._last = now
 
     def stop(self) -> float:
         self._sync()
         self.elapsed = time.perf_counter() - self._t0
+        self.compiles = self._graphs() - self._graphs_at_start
         return self.elapsed
 
     @property
     def peak_gib(self) -> float:
         return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else 0.0
+
+    def details(self) -> dict[str, Any]:
+        laps = sorted(self.laps) or [0.0]
+        return {
+            "compiles_while_timed": self.compiles,
+            "step_ms_median": round(1000 * laps[len(laps) // 2], 1),
+            "step_ms_max": round(1000 * laps[-1], 1),
+        }
 
 
 def emit(result: dict[str, Any], path: str | None) -> None:

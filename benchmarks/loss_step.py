@@ -49,7 +49,7 @@ def measure_scope(scope: str, batches: list[dict[str, torch.Tensor]], device: st
     from titlegen import modeling
 
     base = modeling.load_base_model(str(args.model), MAX_SEQ_LENGTH, {"": 0} if device == "cuda" else "sequential")
-    model = modeling.apply_lora(base, scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, "unsloth", 3407)
+    model = modeling.apply_lora(base, scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, "offload", 3407)
     modeling.training_mode(model)
     paths = {
         "model(...).loss": lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],

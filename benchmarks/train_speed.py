@@ -78,7 +78,9 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def step(items: list[Any]) -> int:
-        batch = {k: v.to(device) for k, v in collate(list(enumerate(items))).items()}
+        cpu_batch = collate(list(enumerate(items)))
+        tokens = int(cpu_batch["attention_mask"].sum())  # counted on the CPU: no GPU sync inside the timed loop
+        batch = {k: v.to(device) for k, v in cpu_batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             # The model's own loss on the full batch, as TRL computes it (titlegen's extra `label_positions` unused).
             loss = model(
@@ -88,7 +90,7 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return int(batch["attention_mask"].sum())
+        return tokens
 
     b = args.batch_size
     for i in range(0, len(warmup), b):
@@ -97,9 +99,13 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
     order = torch.randperm(len(measured), generator=torch.Generator().manual_seed(args.seed)).tolist()
     watch = Stopwatch()
     watch.start()
-    tokens = sum(step([measured[j] for j in order[i : i + b]]) for i in range(0, len(order), b))
+    tokens = 0
+    for i in range(0, len(order), b):
+        tokens += step([measured[j] for j in order[i : i + b]])
+        watch.lap()
     watch.stop()
-    return {"tokens": tokens, "seconds": watch.elapsed, "peak_gib": watch.peak_gib, "steps": -(-len(order) // b)}
+    return {"tokens": tokens, "seconds": watch.elapsed, "peak_gib": watch.peak_gib, "steps": -(-len(order) // b),
+            **watch.details()}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- titlegen
@@ -112,7 +118,10 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         L.seed_everything(args.seed)
         # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
         # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
-        module = TitleGenModule(model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH)
+        module = TitleGenModule(
+            model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )  # fmt: skip
         datamodule = TitleDataModule(
             train_file=str(data_file), validation_file=str(warm_file), test_file=str(warm_file),
             model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
@@ -132,7 +141,7 @@ class FitTimer(L.Callback):
 
     def __init__(self) -> None:
         self.watch = Stopwatch()
-        self.tokens = 0
+        self.tokens: torch.Tensor | int = 0  # a GPU tensor while running: int() on each step would sync the GPU
         self.steps = 0
         self.result: dict[str, Any] = {}
 
@@ -143,13 +152,14 @@ class FitTimer(L.Callback):
             self.watch.start()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
-        self.tokens += int(batch["attention_mask"].sum())
+        self.tokens = batch["attention_mask"].sum() + self.tokens
         self.steps += 1
+        self.watch.lap()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.watch.stop()
         strategy = trainer.strategy
-        tokens = int(strategy.reduce(torch.tensor(float(self.tokens), device=pl_module.device), reduce_op="sum"))
+        tokens = int(strategy.reduce(torch.as_tensor(self.tokens, device=pl_module.device).float(), reduce_op="sum"))
         weights = torch.cat([p.detach().float().flatten() for p in pl_module.parameters() if p.requires_grad])
         gathered = strategy.all_gather(weights).reshape(trainer.world_size, -1)
         self.result = {
@@ -158,6 +168,7 @@ class FitTimer(L.Callback):
             # 0.0 when every rank ends with the same LoRA weights (DDP kept them in sync).
             "lora_max_rank_diff": float((gathered - gathered[0]).abs().max()),
             "lora_checksum": float(weights.double().abs().sum()),
+            **self.watch.details(),
         }  # fmt: skip
 
 
@@ -172,6 +183,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="per device; the configs' default")
     parser.add_argument("--devices", type=int, default=1, help="GPUs for the titlegen variant (DDP when > 1)")
     parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
+    parser.add_argument("--gradient-checkpointing", choices=["offload", "unsloth"], default="offload",
+                        help="titlegen's checkpoint implementation (the module's default: offload)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
     parser.add_argument("--json", help="also write the result here")
@@ -195,6 +208,7 @@ def main() -> None:
     result.update(
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
+        checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",
         tokens_per_sec=result["tokens"] / result["seconds"],
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )  # fmt: skip

@@ -118,7 +118,7 @@ class TitleGenCLI(LightningCLI):
                     "init_args": {"save_dir": "lightning_logs", "name": "titlegen", "default_hp_metric": False},
                 },
                 "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}],
-                # One pass over ~18k training pairs (about 2,250 steps at batch 8) is enough for titles.
+                # One pass over ~18k training pairs (about 560 steps at batch 32) is enough for titles.
                 "trainer.max_epochs": 1,
                 # A fraction, so that any training file size works: 4 validations per epoch.
                 "trainer.val_check_interval": 0.25,

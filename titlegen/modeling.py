@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 import torch._functorch.config as functorch_config
 
+from titlegen.losses import head_cross_entropy
 from titlegen.resources import resolve_packaged_path
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 functorch_config.error_on_custom_op_aliasing = False
 
 LoraScope = Literal["none", "all", "last"] | list[int]
+Checkpointing = Literal["offload", "unsloth"] | bool
+_LEAN_CHECKPOINT_FLAG = "_titlegen_lean_checkpoint"  # set by apply_lora, read by training_mode
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CACHE_DIR = Path(os.environ.get("TITLEGEN_CACHE", Path.home() / ".cache" / "titlegen"))
 
@@ -158,10 +161,14 @@ def apply_lora(
     alpha: int,
     dropout: float,
     target_modules: Sequence[str],
-    gradient_checkpointing: bool | str,
+    gradient_checkpointing: Checkpointing,
     seed: int,
 ) -> Any:
-    """Wrap the base in LoRA adapters for the scope; with scope `none` freeze everything (zero-shot baseline)."""
+    """Wrap the base in LoRA adapters for the scope; with scope `none` freeze everything (zero-shot baseline).
+
+    `gradient_checkpointing`: `offload` (titlegen's `LeanCheckpoint`, installed by `training_mode`), `unsloth`
+    (Unsloth's own offloaded checkpoint), True (torch's, inputs kept on the GPU) or False.
+    """
     if r <= 0:
         raise ModelConfigError(f"model.lora_r={r}: the LoRA rank must be positive. Fix: e.g. --model.lora_r 16.")
     layers = scope_layers(scope, decoder_layer_count(model))
@@ -172,7 +179,7 @@ def apply_lora(
         return model
     from unsloth import FastLanguageModel
 
-    return FastLanguageModel.get_peft_model(
+    peft_model = FastLanguageModel.get_peft_model(
         model,
         r=r,
         lora_alpha=alpha,
@@ -180,9 +187,12 @@ def apply_lora(
         target_modules=list(target_modules),
         layers_to_transform=layers,
         bias="none",
-        use_gradient_checkpointing=gradient_checkpointing,
+        # Unsloth arms the layers for its offloaded checkpoint; `training_mode` swaps in the lean one for `offload`.
+        use_gradient_checkpointing="unsloth" if gradient_checkpointing == "offload" else gradient_checkpointing,
         random_state=seed,
     )
+    peft_model.__dict__[_LEAN_CHECKPOINT_FLAG] = gradient_checkpointing == "offload"
+    return peft_model
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
@@ -230,7 +240,7 @@ def causal_lm_loss(
         label_positions = flat_label_positions(labels)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, label_positions)
     targets = labels.reshape(-1).index_select(0, label_positions + 1)
-    return torch.nn.functional.cross_entropy(causal_lm.lm_head(picked).float(), targets)
+    return head_cross_entropy(picked, causal_lm.lm_head, targets)
 
 
 def flat_label_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -334,6 +344,26 @@ def training_mode(model: Any) -> None:
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_training(model)
+    if model.__dict__.get(_LEAN_CHECKPOINT_FLAG, False):
+        use_lean_checkpointing(model)
+
+
+def use_lean_checkpointing(model: Any) -> None:
+    """Swap Unsloth's offloaded checkpoint for `checkpointing.LeanCheckpoint`, which does the same with less Python.
+
+    Only layers that checkpoint are touched, so `gradient_checkpointing=False` (or torch's own, `True`) stays as it
+    was. The last checkpointed layer keeps its input on the GPU: backward needs it again at once. RNG state is
+    replayed only when a LoRA dropout draws random numbers.
+    """
+    from titlegen.checkpointing import LeanCheckpoint
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = [layer for layer in causal_lm.model.layers if getattr(layer, "gradient_checkpointing", False)]
+    dropout = getattr(causal_lm.config, "attention_dropout", 0.0) > 0 or any(
+        isinstance(module, torch.nn.Dropout) and module.p > 0 for layer in layers for module in layer.modules()
+    )
+    for index, layer in enumerate(layers):
+        layer._gradient_checkpointing_func = LeanCheckpoint(offload=index < len(layers) - 1, preserve_rng=dropout)
 
 
 # ----------------------------------------------------------------------------------------------- saving

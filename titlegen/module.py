@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from titlegen import modeling
 from titlegen.data import ChatTokens, chat_tokens, load_tokenizer
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
-from titlegen.modeling import DEFAULT_TARGET_MODULES, LoraScope, ModelConfigError
+from titlegen.modeling import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope, ModelConfigError
 from titlegen.prompts import clean_title
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class TitleGenModule(L.LightningModule):
         lora_dropout: float = 0.0,
         target_modules: list[str] = list(DEFAULT_TARGET_MODULES),  # noqa: B006 (shown by --help; never mutated)
         max_seq_length: int = 512,
-        gradient_checkpointing: bool | str = "unsloth",
+        gradient_checkpointing: Checkpointing = "offload",
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 10,
@@ -58,7 +58,10 @@ class TitleGenModule(L.LightningModule):
             lora_dropout: dropout on the LoRA input; 0 lets Unsloth use its fused kernels.
             target_modules: projection modules that get adapters in each chosen layer.
             max_seq_length: longest sequence the model is prepared for (linked from data.max_seq_length).
-            gradient_checkpointing: `unsloth` (Unsloth's offloaded checkpointing), true, or false.
+            gradient_checkpointing: `offload` recomputes each decoder layer in backward and parks its input in
+                pinned host memory (Unsloth's method through titlegen's leaner `checkpointing.LeanCheckpoint`,
+                faster on a host-bound step); `unsloth` the same through Unsloth's own implementation; true keeps
+                the inputs on the GPU (torch's checkpoint); false stores every activation (most memory).
             learning_rate: peak AdamW learning rate, reached after `warmup_steps` and decayed linearly to 0.
             weight_decay: AdamW weight decay on the LoRA weights.
             warmup_steps: linear warm-up steps.

@@ -1,0 +1,127 @@
+"""A lean gradient checkpoint for decoder layers: recompute in backward, park the layer input in pinned host memory.
+
+Unsloth's own checkpoint function does the same job (offload each layer's input, recompute the layer in backward),
+but through some hundred lines of Python per call: buffer leases, double-buffer bookkeeping, prefetch records, RNG
+capture. On a 0.5B model at batch 32 a training step is bound by the host, not the GPU, and that bookkeeping, paid
+twice per layer per step, is a measurable share of it (`docs/performance.md`). This one does only what the step needs:
+- forward: run the layer without autograd; copy its input to pinned host memory on a side stream (when asked);
+- backward: bring the input back, rerun the layer under autograd with the same autocast (and RNG, when asked)
+  state, and backpropagate the incoming gradient through it.
+
+The installer is `modeling.use_lean_checkpointing`; the equality of its gradients with an uncheckpointed layer's is
+tested in `tests/test_checkpointing.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
+
+class _Checkpoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, run: Callable[[torch.Tensor], Any], offload: bool, preserve_rng: bool, hidden: Any) -> Any:
+        ctx.run = run
+        ctx.device_type = hidden.device.type
+        ctx.autocast = (
+            torch.is_autocast_enabled(ctx.device_type),
+            torch.get_autocast_dtype(ctx.device_type),
+        )
+        ctx.rng = None
+        if preserve_rng:
+            ctx.rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else torch.get_rng_state()
+        ctx.host = None
+        if offload and hidden.is_cuda:
+            # Pinned memory comes from torch's caching host allocator, so after the first step this allocates nothing.
+            ctx.host = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=True)
+            side = _side_stream(hidden.device)
+            side.wait_stream(torch.cuda.current_stream(hidden.device))
+            with torch.cuda.stream(side):
+                ctx.host.copy_(hidden, non_blocking=True)
+            hidden.record_stream(side)  # the allocator must not hand out `hidden` before the copy has read it
+            ctx.copied = torch.cuda.Event()
+            ctx.copied.record(side)
+            ctx.device = hidden.device
+        else:
+            ctx.save_for_backward(hidden)
+        with torch.no_grad():
+            outputs = run(hidden)
+        if ctx.host is not None:
+            # The copy overlaps this layer's forward; nothing after the layer may run (and possibly write to
+            # `hidden`) before it has finished. The same ordering as Unsloth's; it costs the GPU no time unless the
+            # copy is slower than the layer.
+            torch.cuda.current_stream(hidden.device).wait_event(ctx.copied)
+        return outputs
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Any) -> Any:
+        if ctx.run is None or not torch.autograd._is_checkpoint_valid():
+            raise RuntimeError(
+                "A LeanCheckpoint layer was backpropagated twice, or through torch.autograd.grad: like torch's "
+                "reentrant checkpoint, it supports one .backward() per forward. Fix: call loss.backward() once, or "
+                "train with --model.gradient_checkpointing true (torch's non-reentrant checkpoint)."
+            )
+        if ctx.host is not None:
+            torch.cuda.current_stream(ctx.device).wait_event(ctx.copied)
+            hidden = ctx.host.to(ctx.device, non_blocking=True)
+        else:
+            (hidden,) = ctx.saved_tensors
+        hidden = hidden.detach().requires_grad_(True)
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
+            if ctx.rng is None:
+                outputs = ctx.run(hidden)
+            else:
+                devices = [hidden.device] if hidden.is_cuda else []
+                with torch.random.fork_rng(devices=devices, device_type=ctx.device_type):
+                    if hidden.is_cuda:
+                        torch.cuda.set_rng_state(ctx.rng, hidden.device)
+                    else:
+                        torch.set_rng_state(ctx.rng)
+                    outputs = ctx.run(hidden)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [
+            (out, grad)
+            for out, grad in zip(outputs, grad_outputs, strict=False)
+            if torch.is_tensor(out) and out.requires_grad and grad is not None
+        ]
+        torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+        ctx.run = ctx.host = None  # free the layer's closure (masks, rotary tables) and the host copy early
+        return None, None, None, hidden.grad
+
+
+class LeanCheckpoint:
+    """A `_gradient_checkpointing_func` for one decoder layer (transformers' `GradientCheckpointingLayer` calls it).
+
+    `offload`: keep the layer input in pinned host memory between forward and backward (GPU only), as Unsloth's
+    "unsloth" mode does, so checkpointing costs no GPU memory per layer. Off for the last checkpointed layer, whose
+    input is needed again at once. `preserve_rng`: replay the forward's RNG state in the recompute; needed only when
+    something in the layer draws random numbers (LoRA or attention dropout > 0).
+
+    Like torch's reentrant checkpoint (and Unsloth's), it works with DDP's default `find_unused_parameters=False`,
+    not with True, and with one `.backward()` per forward.
+    """
+
+    def __init__(self, offload: bool, preserve_rng: bool) -> None:
+        self.offload = offload
+        self.preserve_rng = preserve_rng
+
+    def __call__(self, run: Callable[..., Any], hidden: torch.Tensor, *args: Any) -> Any:
+        if args:  # a positional mask or position tensor: not this layer's calling convention, so not ours to replay
+            raise TypeError(f"LeanCheckpoint takes the hidden states only, got {len(args)} more positional arguments")
+        if not torch.is_grad_enabled() or not hidden.requires_grad:
+            # Without an input that requires grad, autograd would never call the checkpoint's backward and the
+            # layer's LoRA weights would get no gradient: run it plainly (more memory, right gradients).
+            return run(hidden)
+        return _Checkpoint.apply(run, self.offload, self.preserve_rng, hidden)

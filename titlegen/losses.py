@@ -1,0 +1,73 @@
+"""Cross-entropy through the LM head, one chunk of positions at a time, so the logits never exist all at once.
+
+At batch 32 a title batch has some 600 labelled positions; their logits over Qwen2.5's 151,936-token vocabulary
+take 180 MB in bf16, and the float copy, the log-softmax kept for backward and its gradient bring the loss to about
+1 GB of GPU memory, the largest transient of the step (Unsloth's own loss avoids it by chunking too). Here each
+chunk's logits live only inside the forward: the chunk's gradient with respect to the hidden states is computed
+right away (softmax minus one-hot, times the head's weight) and kept, which is all that backward needs, because the
+head's weight is frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# Elements of one chunk's logits: 2**25 floats is 128 MiB, about 220 positions of a 151,936-token vocabulary.
+LOGITS_PER_CHUNK = 2**25
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grad: bool
+    ) -> torch.Tensor:
+        rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+        ctx.input_dtype = hidden.dtype
+        hidden = hidden.to(weight.dtype)
+        grad_hidden = torch.empty_like(hidden) if with_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            logits = (hidden[start : start + rows] @ weight.t()).float()  # as `lm_head(h).float()` computes them
+            chunk_targets = targets[start : start + rows, None]
+            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += (log_norm - logits.gather(1, chunk_targets)).sum()
+            if grad_hidden is not None:
+                probs = logits.sub_(log_norm).exp_()  # softmax, in place of the logits
+                probs.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1, dtype=probs.dtype))
+                grad_hidden[start : start + rows] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad_hidden)
+        ctx.count = hidden.shape[0]
+        return total / ctx.count
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (grad_hidden,) = ctx.saved_tensors
+        if grad_hidden is None:
+            return None, None, None, None
+        # The 1/N scale in float32, as the plain loss applies it: rounded to bf16 it would be off by up to 0.4%.
+        scale = grad_output.float() / ctx.count
+        return (grad_hidden.float() * scale).to(ctx.input_dtype), None, None, None
+
+
+def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` against `targets`: (positions, hidden) and (positions,) in, a scalar out.
+
+    Chunked when the head is a frozen, bias-free linear layer (an LM head); otherwise the plain computation. Every
+    target must be a class index (no -100: the caller picks the labelled positions). Without autograd (validation)
+    the chunks still bound the memory, and no gradient is computed.
+    """
+    weight = getattr(head, "weight", None)
+    plain = (
+        type(head) is not torch.nn.Linear
+        or head.bias is not None
+        or weight is None
+        or weight.requires_grad
+        or not weight.is_floating_point()
+        or hidden.shape[0] == 0
+    )
+    if plain:
+        return torch.nn.functional.cross_entropy(head(hidden).float(), targets)
+    with_grad = torch.is_grad_enabled() and hidden.requires_grad
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, with_grad)
