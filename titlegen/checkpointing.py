@@ -1,7 +1,7 @@
 """A lean gradient checkpoint for decoder layers: recompute in backward, park the layer input in pinned host memory.
 
 Unsloth's own checkpoint function does the same job (offload each layer's input, recompute the layer in backward),
-but through some hundred lines of Python per call: buffer leases, double-buffer bookkeeping, prefetch records, RNG
+but through about a hundred lines of Python per call: buffer leases, double-buffer bookkeeping, prefetch records, RNG
 capture. On a 0.5B model at batch 32 a training step is bound by the host, not the GPU, and that bookkeeping, paid
 twice per layer per step, is a measurable share of it (`docs/performance.md`). This one does only what the step needs:
 - forward: run the layer without autograd; copy its input to pinned host memory on a side stream (when asked);
