@@ -120,3 +120,14 @@ def tiny_tokenizer(tiny_model_dir: Path):
 @pytest.fixture
 def pairs_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(120))
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace the model loader with a tripwire: a problem reported only after the model loaded fails the test."""
+    from titlegen import modeling
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the model was loaded before the problem was reported")
+
+    monkeypatch.setattr(modeling, "load_base_model", tripwire)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from titlegen import modeling
 from titlegen.cli import ConfigNotFound, main
 from titlegen.data import TitleDataModule
 from titlegen.modeling import ModelConfigError
@@ -21,13 +20,7 @@ from titlegen.splits import DataError
 
 from .conftest import synthetic_pairs, write_jsonl
 
-
-@pytest.fixture(autouse=True)
-def no_model_load(monkeypatch):
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(modeling, "load_base_model", tripwire)
+pytestmark = pytest.mark.usefixtures("no_model_load")  # every test: the error must come before the model loads
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from titlegen import modeling
 from titlegen.callbacks import GracefulStop, NonFiniteLossError, TrainingInterrupted
 from titlegen.cli import main, newest_checkpoint
 from titlegen.module import TitleGenModule
@@ -90,14 +89,6 @@ def signal_during_step(monkeypatch, step: int, signum: int) -> None:
 
 def last_checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "logs/full_lora/version_0/checkpoints/last.ckpt", weights_only=True)
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the model was loaded before the problem was reported")
-
-    monkeypatch.setattr(modeling, "load_base_model", tripwire)
 
 
 # ----------------------------------------------------------------------------------------------- signals

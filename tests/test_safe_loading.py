@@ -13,7 +13,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from titlegen import cli, modeling
+from titlegen import cli
 from titlegen.cli import main
 from titlegen.data import TitleDataModule, load_tokenizer
 from titlegen.module import TitleGenModule
@@ -83,16 +83,11 @@ def test_fit_checkpoint_is_plain_tensors_and_plain_values(fitted):
     assert all("lora_" in name for name in checkpoint["state_dict"])  # the adapter only, no pickled module
 
 
-def test_checkpoint_with_a_pickled_object_is_refused(tiny_model_dir, fitted, tmp_path, monkeypatch):
+def test_checkpoint_with_a_pickled_object_is_refused(tiny_model_dir, fitted, tmp_path, no_model_load):
     root, last = fitted
     evil, marker = evil_checkpoint(last, tmp_path)
     with pytest.raises(pickle.UnpicklingError):  # what plain torch.load(weights_only=False) would have run
         torch.load(evil, weights_only=True)
-
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the model was loaded before the checkpoint was refused")
-
-    monkeypatch.setattr(modeling, "load_base_model", tripwire)
     with pytest.raises(
         PreflightError,
         match=rf"--ckpt_path {evil}: refused, it holds pickled Python objects that loading would have to run"
