@@ -50,8 +50,8 @@ class _Checkpoint(torch.autograd.Function):
             with torch.cuda.stream(side):
                 ctx.host.copy_(hidden, non_blocking=True)
             hidden.record_stream(side)  # the allocator must not hand out `hidden` before the copy has read it
-            ctx.copied = torch.cuda.Event()
-            ctx.copied.record(side)
+            copied = torch.cuda.Event()
+            copied.record(side)
             ctx.device = hidden.device
         else:
             ctx.save_for_backward(hidden)
@@ -59,9 +59,9 @@ class _Checkpoint(torch.autograd.Function):
             outputs = run(hidden)
         if ctx.host is not None:
             # The copy overlaps this layer's forward; nothing after the layer may run (and possibly write to
-            # `hidden`) before it has finished. The same ordering as Unsloth's; it costs the GPU no time unless the
-            # copy is slower than the layer.
-            torch.cuda.current_stream(hidden.device).wait_event(ctx.copied)
+            # `hidden`) before it has finished, and that includes the backward's copy back. The same ordering as
+            # Unsloth's; it costs the GPU no time unless the copy is slower than the layer.
+            torch.cuda.current_stream(hidden.device).wait_event(copied)
         return outputs
 
     @staticmethod
@@ -73,7 +73,6 @@ class _Checkpoint(torch.autograd.Function):
                 "train with --model.gradient_checkpointing true (torch's non-reentrant checkpoint)."
             )
         if ctx.host is not None:
-            torch.cuda.current_stream(ctx.device).wait_event(ctx.copied)
             hidden = ctx.host.to(ctx.device, non_blocking=True)
         else:
             (hidden,) = ctx.saved_tensors

@@ -58,16 +58,14 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: tor
     target must be a class index (no -100: the caller picks the labelled positions). Without autograd (validation)
     the chunks still bound the memory, and no gradient is computed.
     """
-    weight = getattr(head, "weight", None)
     plain = (
         type(head) is not torch.nn.Linear
         or head.bias is not None
-        or weight is None
-        or weight.requires_grad
-        or not weight.is_floating_point()
+        or head.weight.requires_grad
+        or not head.weight.is_floating_point()
         or hidden.shape[0] == 0
     )
     if plain:
         return torch.nn.functional.cross_entropy(head(hidden).float(), targets)
     with_grad = torch.is_grad_enabled() and hidden.requires_grad
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, with_grad)
+    return _ChunkedLinearCrossEntropy.apply(hidden, head.weight, targets, with_grad)

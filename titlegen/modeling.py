@@ -351,9 +351,9 @@ def training_mode(model: Any) -> None:
 def use_lean_checkpointing(model: Any) -> None:
     """Swap Unsloth's offloaded checkpoint for `checkpointing.LeanCheckpoint`, which does the same with less Python.
 
-    Only layers that checkpoint are touched, so `gradient_checkpointing=False` (or torch's own, `True`) stays as it
-    was. The last checkpointed layer keeps its input on the GPU: backward needs it again at once. RNG state is
-    replayed only when a LoRA dropout draws random numbers.
+    `training_mode` calls it for `gradient_checkpointing="offload"` only, and only layers that checkpoint are
+    touched. The last checkpointed layer keeps its input on the GPU: backward needs it again at once. RNG state is
+    replayed only when a LoRA or attention dropout draws random numbers.
     """
     from titlegen.checkpointing import LeanCheckpoint
 
