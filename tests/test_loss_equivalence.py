@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen import modeling
+from titlegen import modeling, prefix
 from titlegen.data import Collator, chat_tokens, encode_pairs, load_tokenizer
 from titlegen.modeling import DEFAULT_TARGET_MODULES
 
@@ -73,7 +73,7 @@ def test_frozen_layers_below_the_adapter_run_once_without_autograd(tiny_llama_di
     """With LoRA on the last layer only, the frozen layers are neither recorded, recomputed nor backpropagated."""
     model = trained_looking_lora(tiny_llama_dir, "last")
     layers = model.get_base_model().model.layers
-    assert modeling.first_trainable_layer(model.get_base_model().model) == len(layers) - 1
+    assert prefix.first_trainable_layer(model.get_base_model().model) == len(layers) - 1
     calls: dict[int, list[bool]] = {i: [] for i in range(len(layers))}
     for i, layer in enumerate(layers):
         # Record, for each forward of each layer, whether its output joined the autograd graph.

@@ -6,18 +6,18 @@ without it; `main.py` (and the test suite) import it first when it is installed,
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch._functorch.config as functorch_config
 
+from titlegen import prefix
 from titlegen.losses import head_cross_entropy
 from titlegen.resources import resolve_packaged_path
 
@@ -211,6 +211,7 @@ def causal_lm_loss(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     label_positions: torch.Tensor | None = None,
+    cuda_graphs: bool = False,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions, as `model(..., labels=labels).loss` computes it.
 
@@ -221,7 +222,8 @@ def causal_lm_loss(
       last layer only), so the backward pass starts at that layer instead of crossing every frozen layer.
 
     `label_positions` (from `data.Collator`): flat indices into the (batch * length) hidden states of the positions
-    whose next token is a label; computed from `labels` when not given.
+    whose next token is a label; computed from `labels` when not given. `cuda_graphs`: replay those frozen layers
+    as CUDA graphs (`prefix.GraphedPrefix`), one per batch shape.
     """
     from unsloth.models.llama import resolve_logit_transforms
 
@@ -233,8 +235,8 @@ def causal_lm_loss(
     backbone = causal_lm.model
     # CausalLM.forward sets this for its backbone; with labels, Unsloth treats the batch as right-padded training.
     backbone._has_no_labels = False
-    first = first_trainable_layer(backbone) if torch.is_grad_enabled() and backbone.training else 0
-    with _frozen_prefix_without_autograd(backbone.layers, first):
+    first = prefix.first_trainable_layer(backbone) if torch.is_grad_enabled() and backbone.training else 0
+    with prefix.frozen_prefix(backbone, first, cuda_graphs):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
     if label_positions is None:
         label_positions = flat_label_positions(labels)
@@ -247,57 +249,6 @@ def flat_label_positions(labels: torch.Tensor) -> torch.Tensor:
     """Flat indices (row * width + t) of the positions t whose next token is a label (t + 1 is not -100)."""
     rows, columns = (labels[:, 1:] != -100).nonzero(as_tuple=True)
     return rows * labels.shape[1] + columns  # no integer matmul: CUDA has none
-
-
-def first_trainable_layer(backbone: Any) -> int:
-    """Index of the first decoder layer with a trainable weight (0 when the embeddings train; len() when none)."""
-    if any(p.requires_grad for p in backbone.embed_tokens.parameters()):
-        return 0
-    for index, layer in enumerate(backbone.layers):
-        if any(p.requires_grad for p in layer.parameters()):
-            return index
-    return len(backbone.layers)
-
-
-@contextlib.contextmanager
-def _frozen_prefix_without_autograd(layers: Sequence[torch.nn.Module], first: int) -> Iterator[None]:
-    """Run `layers[:first]` without autograd and hand `layers[first]` an input that starts a fresh graph.
-
-    PEFT and Unsloth make the embeddings' output require grad (reentrant gradient checkpointing needs an input that
-    does), so by default autograd records, recomputes and backpropagates through every frozen layer. Here the frozen
-    layers run under no_grad, without checkpointing (they keep no activations), and the first adapted layer gets a
-    leaf input that requires grad, which its checkpoint needs.
-    """
-    if not 0 < first < len(layers):
-        yield
-        return
-    prefix = layers[:first]
-    checkpointing = [getattr(layer, "gradient_checkpointing", False) for layer in prefix]
-    grad_was_enabled = torch.is_grad_enabled()
-
-    def enter(module: torch.nn.Module, args: Any) -> None:
-        torch.set_grad_enabled(False)
-
-    # Only a reentrant checkpoint needs an input that requires grad; without one, it would cost a needless dX pass.
-    needs_grad = bool(getattr(layers[first], "gradient_checkpointing", False))
-
-    def leave(module: torch.nn.Module, args: Any, output: Any) -> Any:
-        torch.set_grad_enabled(grad_was_enabled)
-        if isinstance(output, tuple):
-            return (output[0].detach().requires_grad_(needs_grad), *output[1:])
-        return output.detach().requires_grad_(needs_grad)
-
-    for layer in prefix:
-        layer.gradient_checkpointing = False  # a checkpoint inside no_grad would only copy activations around
-    handles = [prefix[0].register_forward_pre_hook(enter), prefix[-1].register_forward_hook(leave)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for layer, value in zip(prefix, checkpointing, strict=True):
-            layer.gradient_checkpointing = value
-        torch.set_grad_enabled(grad_was_enabled)
 
 
 # ----------------------------------------------------------------------------------------------- generation
@@ -344,6 +295,9 @@ def training_mode(model: Any) -> None:
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_training(model)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Captured graphs hold weight addresses; a fit or a validation may have moved or re-patched the model since.
+    causal_lm.model.__dict__.pop(prefix.GRAPHS_ATTRIBUTE, None)
     if model.__dict__.get(_LEAN_CHECKPOINT_FLAG, False):
         use_lean_checkpointing(model)
 

@@ -1,0 +1,154 @@
+"""Where a bare titlegen training step spends its time: GPU busy time against wall time, launches, host hot spots.
+
+    python -m benchmarks.step_profile --model /tmp/titlegen-bench/qwen2.5-0.5b-shape --pairs pairs.jsonl --scope all
+
+A step is host-bound when the GPU's kernel time is well under the step's wall time: then cutting GPU work (padding,
+the LM head) does not shorten it, and only fewer or cheaper launches do. This prints, for a few steps on
+length-grouped batches: wall ms a step, kernel ms a step (summed over kernels), kernels launched a step, the top
+CPU-side operators by self time (torch.profiler), and the top Python functions by own time (cProfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
+
+from benchmarks.common import MAX_SEQ_LENGTH, examples, sample_records
+from titlegen.prefix import GRAPHS_ATTRIBUTE
+
+
+def main() -> None:
+    from titlegen import modeling
+    from titlegen.data import Collator, chat_tokens, load_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--scope", default="all", choices=["all", "last"])
+    parser.add_argument("--gradient-checkpointing", default="offload", choices=["offload", "unsloth"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--pad-to-multiple-of", type=int, default=1)
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--check", action="store_true", help="loss and LoRA gradients with graphs against without")
+    parser.add_argument("--tables", action="store_true", help="also print torch.profiler's and cProfile's tables")
+    args = parser.parse_args()
+
+    n = args.batch_size * (args.steps + 2)
+    items = examples(sample_records(args.pairs, n, seed=1), args.model)
+    pad_id = chat_tokens(load_tokenizer(str(args.model))).pad_id
+    collate = Collator(pad_id, for_generation=False, pad_to_multiple_of=args.pad_to_multiple_of)
+    order = sorted(range(n), key=lambda i: len(items[i].prompt_ids) + len(items[i].target_ids))
+    chunks = [order[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
+    batches = [{k: v.cuda() for k, v in collate([(i, items[i]) for i in c]).items()} for c in chunks]
+
+    base = modeling.load_base_model(str(args.model), MAX_SEQ_LENGTH, {"": 0})
+    model = modeling.apply_lora(
+        base, args.scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, args.gradient_checkpointing, 3407
+    )
+    modeling.training_mode(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    if args.check:
+        check_graphs(model, batches)
+        return
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        modeling.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    warm, timed = batches[:2], batches[2:]
+    for _ in range(2):  # every shape twice: compiled, and (with graphs) captured, before the measured steps
+        for batch in warm + timed:
+            step(batch)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    torch.cuda.synchronize()
+    wall_ms = 1000 * (time.perf_counter() - start) / len(timed)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for batch in timed:
+            step(batch)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_ms = sum(e.device_time for e in kernels) / 1000 / len(timed)
+    tokens = sum(int(b["attention_mask"].sum()) for b in timed) / len(timed)
+    graphs = model.get_base_model().model.__dict__.get(GRAPHS_ATTRIBUTE)
+    replays = f"{len(graphs.graphs)} graphs, {graphs.replays} replays" if graphs is not None else "no graphs"
+    print(f"scope {args.scope}, {args.gradient_checkpointing} checkpoint, batch {args.batch_size},"
+          f" pad to {args.pad_to_multiple_of}, {replays}: wall"
+          f" {wall_ms:.1f} ms/step, kernels {kernel_ms:.1f} ms/step (GPU busy {100 * kernel_ms / wall_ms:.0f}%),"
+          f" {len(kernels) / len(timed):.0f} kernels/step, {tokens:.0f} real tokens/step, peak {peak:.2f} GiB,"
+          f" {torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")  # fmt: skip
+    if not args.tables:
+        return
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for batch in timed:
+        step(batch)
+    torch.cuda.synchronize()
+    profiler.disable()
+    for order_by in ("tottime", "cumulative"):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(order_by).print_stats(30)
+        print(f"--- cProfile of {len(timed)} steps, by {order_by}\n{text.getvalue()}", flush=True)
+
+
+def check_graphs(model: Any, batches: list[dict[str, torch.Tensor]]) -> None:
+    """The same batches with and without graphs: losses and LoRA gradients should agree to the bit."""
+    from titlegen import modeling
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)  # B starts at 0, which would zero the A gradients
+
+    def grads(batch: dict[str, torch.Tensor], graphs: bool) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = modeling.causal_lm_loss(model, **batch, cuda_graphs=graphs)
+        loss.backward()
+        return loss.item(), [p.grad.float().clone() for p in model.parameters() if p.requires_grad]
+
+    # Pairs of batches of one shape: the graph is captured on the first and replayed on the second, so a replay that
+    # ignored its new inputs would show. (The loader pads widths to 64 here, as last_layer_lora.yaml does.)
+    by_shape: dict[tuple[int, ...], list[dict[str, torch.Tensor]]] = {}
+    for batch in batches:
+        by_shape.setdefault(tuple(batch["input_ids"].shape), []).append(batch)
+    pairs = [group[:2] for group in by_shape.values() if len(group) >= 2][:3]
+    if not pairs:
+        raise SystemExit("no two batches share a shape: use --pad-to-multiple-of 64 and more --steps")
+    worst_loss = worst_grad = 0.0
+    for first, second in pairs:
+        for _ in range(3):  # the runner's first call learns the layers' return form; then the shape's first runs
+            grads(first, True)  # eagerly and its second captures, on `first`'s inputs
+        eager, graphed = grads(second, False), grads(second, True)  # replayed on `second`'s inputs
+        worst_loss = max(worst_loss, abs(graphed[0] - eager[0]) / abs(eager[0]))
+        worst_grad = max(worst_grad, *(float((g - e).norm() / e.norm().clamp_min(1e-30))
+                                       for g, e in zip(graphed[1], eager[1], strict=True)))  # fmt: skip
+    graphs = model.get_base_model().model.__dict__[GRAPHS_ATTRIBUTE]
+    print(f"graphs against eager over {len(pairs)} pairs of batches: {len(graphs.graphs)} graphs,"
+          f" {graphs.replays} replays; largest"
+          f" relative difference: loss {worst_loss:.2e}, LoRA gradients {worst_grad:.2e}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
