@@ -31,7 +31,8 @@ from benchmarks.common import MAX_SEQ_LENGTH, examples, sample_records
 def main() -> None:
     from titlegen import modeling
     from titlegen.checkpointing import LeanCheckpoint
-    from titlegen.data import Collator, chat_tokens, load_tokenizer
+    from titlegen.data import Collator
+    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)

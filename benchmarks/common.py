@@ -24,7 +24,7 @@ def build_model(out_dir: Path, tokenizer_source: str) -> Path:
     """Save a random Qwen2.5-0.5B-shaped model with the tokenizer of `tokenizer_source` (its chat template too)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from titlegen.data import chat_tokens, load_tokenizer
+    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     if (out_dir / "config.json").is_file():
         return out_dir
@@ -59,7 +59,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def examples(records: list[dict[str, str]], model_dir: Path) -> list[Any]:
     """Tokenized exactly as titlegen's DataModule does (chat template, title-only labels, same prompt budget)."""
-    from titlegen.data import encode_pairs, load_tokenizer
+    from titlegen.tokenization import encode_pairs, load_tokenizer
 
     return encode_pairs(records, load_tokenizer(str(model_dir)), MAX_SEQ_LENGTH, MAX_NEW_TOKENS)
 

@@ -31,7 +31,8 @@ from benchmarks.common import (
 
 def generation_rates(args: argparse.Namespace, items: list[Any]) -> dict[str, Any]:
     from titlegen import modeling
-    from titlegen.data import Collator, chat_tokens, load_tokenizer
+    from titlegen.data import Collator
+    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     chat = chat_tokens(load_tokenizer(str(args.model)))
     device_map = {"": 0} if torch.cuda.is_available() else "sequential"

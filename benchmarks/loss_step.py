@@ -21,7 +21,8 @@ from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, examples, sample_record
 
 
 def main() -> None:
-    from titlegen.data import Collator, chat_tokens, load_tokenizer
+    from titlegen.data import Collator
+    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)

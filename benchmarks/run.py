@@ -51,7 +51,7 @@ def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:
 
 
 def first_loadable_tokenizer(candidates: list[str]) -> str:
-    from titlegen.data import load_tokenizer
+    from titlegen.tokenization import load_tokenizer
 
     problems = []
     for name in candidates:

@@ -27,7 +27,8 @@ from titlegen.prefix import GRAPHS_ATTRIBUTE
 
 def main() -> None:
     from titlegen import modeling
-    from titlegen.data import Collator, chat_tokens, load_tokenizer
+    from titlegen.data import Collator
+    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)

@@ -69,7 +69,8 @@ def load_hf(model_dir: Path, scope: str) -> Any:
 
 
 def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: list[Any]) -> dict[str, Any]:
-    from titlegen.data import Collator, chat_tokens, load_tokenizer
+    from titlegen.data import Collator
+    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     collate = Collator(chat_tokens(load_tokenizer(str(args.model))).pad_id, for_generation=False)
     params = [p for p in model.parameters() if p.requires_grad]

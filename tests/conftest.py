@@ -112,7 +112,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from titlegen.data import load_tokenizer
+    from titlegen.tokenization import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 

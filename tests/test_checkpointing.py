@@ -14,8 +14,9 @@ import torch.utils.checkpoint
 
 from titlegen import modeling
 from titlegen.checkpointing import LeanCheckpoint
-from titlegen.data import Collator, chat_tokens, encode_pairs, load_tokenizer
+from titlegen.data import Collator
 from titlegen.modeling import DEFAULT_TARGET_MODULES
+from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
 
 from .conftest import synthetic_pairs
 

@@ -11,7 +11,8 @@ import pytest
 
 from titlegen import modeling
 from titlegen.cli import main
-from titlegen.data import Collator, encode_pairs
+from titlegen.data import Collator
+from titlegen.tokenization import encode_pairs
 
 from .conftest import build_tiny_model, synthetic_pairs, write_jsonl
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from titlegen import modeling, prefix
-from titlegen.data import Collator, chat_tokens, encode_pairs, load_tokenizer
+from titlegen.data import Collator
 from titlegen.modeling import DEFAULT_TARGET_MODULES
+from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
 
 from .conftest import synthetic_pairs
 

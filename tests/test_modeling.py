@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from titlegen import modeling
-from titlegen.data import Collator, chat_tokens, encode_pairs, load_tokenizer
+from titlegen.data import Collator
 from titlegen.modeling import DEFAULT_TARGET_MODULES, ModelConfigError
+from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
 
 from .conftest import build_tiny_model, synthetic_pairs
 

@@ -15,9 +15,10 @@ from packaging.version import Version
 
 from titlegen import cli
 from titlegen.cli import main
-from titlegen.data import TitleDataModule, load_tokenizer
+from titlegen.data import TitleDataModule
 from titlegen.module import TitleGenModule
 from titlegen.preflight import PreflightError
+from titlegen.tokenization import load_tokenizer
 
 from .conftest import REPO, synthetic_pairs, write_jsonl
 

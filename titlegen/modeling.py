@@ -401,7 +401,7 @@ def export_merged(
             for key, tensor in tensors.items():
                 tensor.copy_(getattr(source, key))
     plain.generation_config = copy.deepcopy(causal_lm.generation_config)
-    # Stop where titlegen stops (end of turn, which `data.chat_tokens` made the tokenizer's eos) and pad as it pads.
+    # Stop where titlegen stops (end of turn, made the eos by `tokenization.chat_tokens`) and pad as it pads.
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
     directory = Path(directory)

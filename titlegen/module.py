@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen import modeling
-from titlegen.data import ChatTokens, chat_tokens, load_tokenizer
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.modeling import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope, ModelConfigError
 from titlegen.prompts import clean_title
+from titlegen.tokenization import ChatTokens, chat_tokens, load_tokenizer
 
 log = logging.getLogger(__name__)
 
