@@ -25,7 +25,14 @@ from typing import Any
 import torch
 import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
-from benchmarks.common import MAX_SEQ_LENGTH, examples, sample_records
+from benchmarks.common import (
+    MAX_SEQ_LENGTH,
+    examples,
+    largest_relative_difference,
+    loss_and_lora_grads,
+    nonzero_lora_b,
+    sample_records,
+)
 
 
 def main() -> None:
@@ -132,19 +139,12 @@ def main() -> None:
 def check_offload(model: Any, use: Any, batch: dict[str, torch.Tensor]) -> None:
     from titlegen import modeling
 
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)  # B starts at 0, which would zero the A gradients
+    nonzero_lora_b(model)
 
     def grads() -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        loss = modeling.causal_lm_loss(model, **batch)
-        loss.backward()
-        return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss_and_lora_grads(model, lambda: modeling.causal_lm_loss(model, **batch))
 
-    def worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-        return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in a)
+    worst = largest_relative_difference
 
     use("lean")
     offloaded, again = grads(), grads()

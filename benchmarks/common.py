@@ -122,6 +122,27 @@ class Stopwatch:
         }
 
 
+def nonzero_lora_b(model: torch.nn.Module) -> None:
+    """Random LoRA B weights: at their initial zero every A gradient is zero, and a gradient check proves nothing."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+
+
+def loss_and_lora_grads(model: torch.nn.Module, loss: Any) -> tuple[float, dict[str, torch.Tensor]]:
+    """Backpropagate `loss()` from zeroed gradients; its value and a float copy of every trainable gradient."""
+    model.zero_grad(set_to_none=True)
+    value = loss()
+    value.backward()
+    return value.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def largest_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest |a - b| / |b| (by norm) over the tensors of `b`."""
+    return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in b)
+
+
 def emit(result: dict[str, Any], path: str | None) -> None:
     """Print one JSON line (the driver reads it) and optionally write it to a file."""
     line = json.dumps(result)

@@ -21,7 +21,14 @@ from typing import Any
 import torch
 import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
-from benchmarks.common import MAX_SEQ_LENGTH, examples, sample_records
+from benchmarks.common import (
+    MAX_SEQ_LENGTH,
+    examples,
+    largest_relative_difference,
+    loss_and_lora_grads,
+    nonzero_lora_b,
+    sample_records,
+)
 from titlegen.prefix import GRAPHS_ATTRIBUTE
 
 
@@ -115,22 +122,16 @@ def main() -> None:
 
 
 def check_graphs(model: Any, batches: list[dict[str, torch.Tensor]]) -> None:
-    """The same batches with and without graphs: losses and LoRA gradients should agree to the bit."""
+    """Losses and LoRA gradients with graphs against without; they should agree to the bit."""
     from titlegen import modeling
 
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)  # B starts at 0, which would zero the A gradients
+    nonzero_lora_b(model)
 
-    def grads(batch: dict[str, torch.Tensor], graphs: bool) -> tuple[float, list[torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        loss = modeling.causal_lm_loss(model, **batch, cuda_graphs=graphs)
-        loss.backward()
-        return loss.item(), [p.grad.float().clone() for p in model.parameters() if p.requires_grad]
+    def grads(batch: dict[str, torch.Tensor], graphs: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        return loss_and_lora_grads(model, lambda: modeling.causal_lm_loss(model, **batch, cuda_graphs=graphs))
 
     # Pairs of batches of one shape: the graph is captured on the first and replayed on the second, so a replay that
-    # ignored its new inputs would show. (The loader pads widths to 64 here, as last_layer_lora.yaml does.)
+    # ignored its new inputs would show. Shapes repeat with --pad-to-multiple-of 64, as last_layer_lora.yaml pads.
     by_shape: dict[tuple[int, ...], list[dict[str, torch.Tensor]]] = {}
     for batch in batches:
         by_shape.setdefault(tuple(batch["input_ids"].shape), []).append(batch)
@@ -143,8 +144,7 @@ def check_graphs(model: Any, batches: list[dict[str, torch.Tensor]]) -> None:
             grads(first, True)  # eagerly and its second captures, on `first`'s inputs
         eager, graphed = grads(second, False), grads(second, True)  # replayed on `second`'s inputs
         worst_loss = max(worst_loss, abs(graphed[0] - eager[0]) / abs(eager[0]))
-        worst_grad = max(worst_grad, *(float((g - e).norm() / e.norm().clamp_min(1e-30))
-                                       for g, e in zip(graphed[1], eager[1], strict=True)))  # fmt: skip
+        worst_grad = max(worst_grad, largest_relative_difference(graphed[1], eager[1]))
     graphs = model.get_base_model().model.__dict__[GRAPHS_ATTRIBUTE]
     print(f"graphs against eager over {len(pairs)} pairs of batches: {len(graphs.graphs)} graphs,"
           f" {graphs.replays} replays; largest"

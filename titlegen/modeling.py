@@ -195,6 +195,11 @@ def apply_lora(
     return peft_model
 
 
+def unwrapped(model: Any) -> Any:
+    """The transformers CausalLM inside a PEFT wrapper (or the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -227,7 +232,7 @@ def causal_lm_loss(
     """
     from unsloth.models.llama import resolve_logit_transforms
 
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = unwrapped(model)
     if any(resolve_logit_transforms(causal_lm.config)):
         # Logit softcapping or scaling (Gemma 2, Cohere, Granite, ...) lives inside the model's own loss: use it
         # rather than copy it. Unsloth's own table decides, so the two cannot disagree on which models need it.
@@ -295,7 +300,7 @@ def training_mode(model: Any) -> None:
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_training(model)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = unwrapped(model)
     # Captured graphs hold weight addresses; a fit or a validation may have moved or re-patched the model since.
     causal_lm.model.__dict__.pop(prefix.GRAPHS_ATTRIBUTE, None)
     if model.__dict__.get(_LEAN_CHECKPOINT_FLAG, False):
@@ -311,7 +316,7 @@ def use_lean_checkpointing(model: Any) -> None:
     """
     from titlegen.checkpointing import LeanCheckpoint
 
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = unwrapped(model)
     layers = [layer for layer in causal_lm.model.layers if getattr(layer, "gradient_checkpointing", False)]
     dropout = getattr(causal_lm.config, "attention_dropout", 0.0) > 0 or any(
         isinstance(module, torch.nn.Dropout) and module.p > 0 for layer in layers for module in layer.modules()
@@ -374,7 +379,7 @@ def export_merged(
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = unwrapped(model)
     dtype = dtype or causal_lm.get_input_embeddings().weight.dtype
     # The original config, not the loaded one: that one carries the 4-bit quantization_config (and Unsloth's notes).
     config = AutoConfig.from_pretrained(materialize(model_name), trust_remote_code=trust_remote_code)

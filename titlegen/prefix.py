@@ -157,7 +157,7 @@ class GraphedPrefix:
 
     def __call__(self, hidden: torch.Tensor, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
         """The output of the last layer; `calls` holds each layer's (args, kwargs) besides the hidden states."""
-        leaves, spec = tree_flatten((hidden, list(calls)))
+        leaves, spec = tree_flatten((hidden, calls))
         found = None if torch.is_grad_enabled() else self._key(leaves, spec)
         if found is None:
             return self._eager(hidden, calls)
