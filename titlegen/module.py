@@ -118,15 +118,14 @@ class TitleGenModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics({"model/trainable_params": float(self.trainable_params)}, step=0)
-
-    def on_train_start(self) -> None:
         # Lightning (>= 2.2) leaves modules in the mode they were built in, and from_pretrained builds them in eval
         # mode: without this, the first steps (all of them with num_sanity_val_steps=0) would run without gradient
-        # checkpointing (several times the memory) and without the frozen-layer shortcut.
+        # checkpointing (several times the memory) and without the frozen-layer shortcut. Here, not in
+        # on_train_start: Lightning checks the modules' mode (and warns) just before that hook.
         if self.trainable_params:
             modeling.training_mode(self.model)
+        if self.logger is not None:
+            self.logger.log_metrics({"model/trainable_params": float(self.trainable_params)}, step=0)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if self.trainable_params == 0:
