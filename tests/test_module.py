@@ -148,6 +148,10 @@ def test_training_after_validation_leaves_unsloth_inference_mode(tiny_model_dir,
 class _FirstStep(L.Callback):
     """What the first training step sees: modules left in eval mode, and each decoder layer's checkpoint."""
 
+    def on_fit_start(self, trainer, pl_module):
+        # Callbacks' on_fit_start runs before the module's: what the model summary counts.
+        self.eval_at_fit_start = [name for name, module in pl_module.named_modules() if not module.training]
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
             self.eval_modules = [name for name, module in pl_module.named_modules() if not module.training]
@@ -165,7 +169,7 @@ def test_the_first_step_trains_in_training_mode_with_the_lean_checkpoint(tiny_mo
         trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False, callbacks=[first]).fit(
             module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path)
         )
-    assert first.eval_modules == []
+    assert first.eval_modules == [] and first.eval_at_fit_start == []
     assert first.checkpoints == ["LeanCheckpoint", "LeanCheckpoint"], "gradient_checkpointing=offload, the default"
     # Lightning checks the modules' mode before on_train_start; switching there was too late and it warned.
     assert not [w for w in caught if "eval mode" in str(w.message)]

@@ -108,6 +108,10 @@ class TitleGenModule(L.LightningModule):
         )  # fmt: skip
         self.trainable_params = modeling.trainable_parameters(self.model)
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
+        if self.trainable_params and self._trainer is not None and self.trainer.training:
+            # Already here, not only in on_fit_start: callbacks' on_fit_start (the model summary's count of modules
+            # in eval mode) runs before the module's.
+            modeling.training_mode(self.model)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the title tokens (the model's own loss, computed only where it is needed)."""
@@ -121,7 +125,8 @@ class TitleGenModule(L.LightningModule):
         # Lightning (>= 2.2) leaves modules in the mode they were built in, and from_pretrained builds them in eval
         # mode: without this, the first steps (all of them with num_sanity_val_steps=0) would run without gradient
         # checkpointing (several times the memory) and without the frozen-layer shortcut. Here, not in
-        # on_train_start: Lightning checks the modules' mode (and warns) just before that hook.
+        # on_train_start: Lightning checks the modules' mode (and warns) just before that hook. configure_model does
+        # it too, but builds only once: a fit after a validate or test of the same module relies on this one.
         if self.trainable_params:
             modeling.training_mode(self.model)
         if self.logger is not None:
