@@ -26,20 +26,20 @@ import torch
 import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
 from benchmarks.common import (
-    MAX_SEQ_LENGTH,
+    by_length,
     examples,
     largest_relative_difference,
+    lora_training_model,
     loss_and_lora_grads,
     nonzero_lora_b,
     sample_records,
+    training_batches,
 )
 
 
 def main() -> None:
     from titlegen import modeling
     from titlegen.checkpointing import LeanCheckpoint
-    from titlegen.data import Collator
-    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -52,22 +52,17 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     items = examples(sample_records(args.pairs, args.batch_size * args.batches, seed=1), args.model)
-    collate = Collator(chat_tokens(load_tokenizer(str(args.model))).pad_id, for_generation=False)
 
     def batches(order: list[int]) -> list[dict[str, torch.Tensor]]:
-        chunks = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-        return [{k: v.to(device) for k, v in collate([(i, items[i]) for i in c]).items()} for c in chunks]
+        return training_batches(args.model, items, order, args.batch_size, device)
 
     shuffled = list(range(len(items)))
     random.Random(0).shuffle(shuffled)
-    by_length = sorted(shuffled, key=lambda i: len(items[i].prompt_ids) + len(items[i].target_ids))
-    random_batches, grouped_batches = batches(shuffled), batches(by_length)
+    random_batches, grouped_batches = batches(shuffled), batches(by_length(items, shuffled))
     print(f"padded tokens: random batches {sum(b['input_ids'].numel() for b in random_batches)}, grouped"
           f" {sum(b['input_ids'].numel() for b in grouped_batches)}", flush=True)  # fmt: skip
 
-    base = modeling.load_base_model(str(args.model), MAX_SEQ_LENGTH, {"": 0} if device == "cuda" else "sequential")
-    model = modeling.apply_lora(base, "all", 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, "unsloth", 3407)
-    modeling.training_mode(model)  # "unsloth": Unsloth's own checkpoint function stays
+    model = lora_training_model(args.model, "all", "unsloth", device)  # Unsloth's own checkpoint function stays
     layers = model.get_base_model().model.layers
     unsloth_functions = [layer._gradient_checkpointing_func for layer in layers]
 

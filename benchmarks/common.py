@@ -64,6 +64,34 @@ def examples(records: list[dict[str, str]], model_dir: Path) -> list[Any]:
     return encode_pairs(records, load_tokenizer(str(model_dir)), MAX_SEQ_LENGTH, MAX_NEW_TOKENS)
 
 
+def by_length(items: list[Any], indices: list[int]) -> list[int]:
+    """`indices` ordered by sample length (prompt + title tokens), shortest first."""
+    return sorted(indices, key=lambda i: len(items[i].prompt_ids) + len(items[i].target_ids))
+
+
+def training_batches(
+    model_dir: Path, items: list[Any], order: list[int], batch_size: int, device: str, pad_to_multiple_of: int = 1
+) -> list[dict[str, torch.Tensor]]:
+    """`items` taken `batch_size` at a time in `order`, collated as titlegen trains (`data.Collator`), on `device`."""
+    from titlegen.data import Collator
+    from titlegen.tokenization import chat_tokens, load_tokenizer
+
+    pad_id = chat_tokens(load_tokenizer(str(model_dir))).pad_id
+    collate = Collator(pad_id, for_generation=False, pad_to_multiple_of=pad_to_multiple_of)
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [{k: v.to(device) for k, v in collate([(i, items[i]) for i in c]).items()} for c in chunks]
+
+
+def lora_training_model(model_dir: Path, scope: Any, checkpointing: Any, device: str) -> Any:
+    """The benchmark's model with LoRA r=16 (alpha 16, no dropout) on the default modules, in training mode."""
+    from titlegen import modeling
+
+    base = modeling.load_base_model(str(model_dir), MAX_SEQ_LENGTH, {"": 0} if device == "cuda" else "sequential")
+    model = modeling.apply_lora(base, scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, checkpointing, 3407)
+    modeling.training_mode(model)
+    return model
+
+
 class Stopwatch:
     """Wall time between GPU-synchronised points, the peak memory since `start`, and per-step laps.
 

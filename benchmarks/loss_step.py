@@ -17,13 +17,10 @@ from pathlib import Path
 import torch
 import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
-from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, examples, sample_records
+from benchmarks.common import Stopwatch, examples, lora_training_model, sample_records, training_batches
 
 
 def main() -> None:
-    from titlegen.data import Collator
-    from titlegen.tokenization import chat_tokens, load_tokenizer
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--pairs", type=Path, required=True)
@@ -35,12 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     items = examples(sample_records(args.pairs, args.batch_size * args.batches, seed=1), args.model)
-    collate = Collator(chat_tokens(load_tokenizer(str(args.model))).pad_id, for_generation=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    batches = [
-        {k: v.to(device) for k, v in collate(list(enumerate(items[i : i + args.batch_size]))).items()}
-        for i in range(0, len(items), args.batch_size)
-    ]
+    batches = training_batches(args.model, items, list(range(len(items))), args.batch_size, device)
     for scope in args.scopes:
         measure_scope(scope, batches, device, args)
         torch.cuda.empty_cache()
@@ -49,9 +42,7 @@ def main() -> None:
 def measure_scope(scope: str, batches: list[dict[str, torch.Tensor]], device: str, args: argparse.Namespace) -> None:
     from titlegen import modeling
 
-    base = modeling.load_base_model(str(args.model), MAX_SEQ_LENGTH, {"": 0} if device == "cuda" else "sequential")
-    model = modeling.apply_lora(base, scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, "offload", 3407)
-    modeling.training_mode(model)
+    model = lora_training_model(args.model, scope, "offload", device)
     paths = {
         "model(...).loss": lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                            labels=b["labels"]).loss,

@@ -22,20 +22,20 @@ import torch
 import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
 from benchmarks.common import (
-    MAX_SEQ_LENGTH,
+    by_length,
     examples,
     largest_relative_difference,
+    lora_training_model,
     loss_and_lora_grads,
     nonzero_lora_b,
     sample_records,
+    training_batches,
 )
 from titlegen.prefix import GRAPHS_ATTRIBUTE
 
 
 def main() -> None:
     from titlegen import modeling
-    from titlegen.data import Collator
-    from titlegen.tokenization import chat_tokens, load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -52,17 +52,9 @@ def main() -> None:
 
     n = args.batch_size * (args.steps + 2)
     items = examples(sample_records(args.pairs, n, seed=1), args.model)
-    pad_id = chat_tokens(load_tokenizer(str(args.model))).pad_id
-    collate = Collator(pad_id, for_generation=False, pad_to_multiple_of=args.pad_to_multiple_of)
-    order = sorted(range(n), key=lambda i: len(items[i].prompt_ids) + len(items[i].target_ids))
-    chunks = [order[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
-    batches = [{k: v.cuda() for k, v in collate([(i, items[i]) for i in c]).items()} for c in chunks]
-
-    base = modeling.load_base_model(str(args.model), MAX_SEQ_LENGTH, {"": 0})
-    model = modeling.apply_lora(
-        base, args.scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, args.gradient_checkpointing, 3407
-    )
-    modeling.training_mode(model)
+    order = by_length(items, list(range(n)))
+    batches = training_batches(args.model, items, order, args.batch_size, "cuda", args.pad_to_multiple_of)
+    model = lora_training_model(args.model, args.scope, args.gradient_checkpointing, "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
