@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -231,3 +232,19 @@ def test_collator_pads_training_batches_to_a_multiple(tiny_tokenizer):
 def test_pad_to_multiple_of_must_be_positive():
     with pytest.raises(DataError, match=r"data.pad_to_multiple_of=0: must be positive"):
         TitleDataModule(pad_to_multiple_of=0)
+
+
+@pytest.mark.parametrize(
+    ("pin_memory", "device", "pinned"),
+    [(True, "cuda", True), (True, "cpu", False), (False, "cuda", False)],
+)
+def test_pin_memory_applies_only_when_asked_and_on_a_gpu(
+    pairs_file, tiny_model_dir, tmp_path, pin_memory, device, pinned
+):
+    dm = _datamodule(tiny_model_dir, source=str(pairs_file), data_dir=str(tmp_path / "splits"), pin_memory=pin_memory)
+    dm.prepare_data()
+    dm.setup("fit")
+    # The loaders read only the root device of the trainer's strategy; no GPU is needed to build (not iterate) them.
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), state=None)
+    assert dm.train_dataloader().pin_memory is pinned
+    assert dm.val_dataloader().pin_memory is pinned

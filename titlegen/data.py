@@ -114,6 +114,7 @@ class TitleDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         num_workers: int = 2,
+        pin_memory: bool = False,
         group_by_length: bool = True,
         pad_to_multiple_of: int = 1,
         hub_samples: int = 20_000,
@@ -136,12 +137,16 @@ class TitleDataModule(L.LightningDataModule):
             max_seq_length: longest prompt + title in tokens; longer abstracts are truncated and counted.
             max_new_tokens: tokens kept free for the title after every prompt, whatever the title (linked from
                 `model.max_new_tokens`): prompts longer than max_seq_length - max_new_tokens lose abstract text.
-            batch_size: training batch size per device. 32 keeps a GPU busy (at 8, a 0.5B model's step is bound by
-                Python and kernel-launch time) and peaks at 1.8 GiB on the Qwen2.5-0.5B shape: far inside a 16 GB T4.
+            batch_size: training batch size per device. At 8, a 0.5B model's step is bound by Python and kernel
+                launches (raw Unsloth trained 3.4x faster at 32). 32 peaks at 1.8 GiB on the Qwen2.5-0.5B shape, far
+                inside a 16 GB T4; 64 gained no more over raw Unsloth than 32 did (docs/performance.md).
             eval_batch_size: validation/test batch size per device (also the generation batch). At 128, batched
                 greedy titles came 62x faster than one-by-one `generate` (21x at 32) and peaked at 4.1 GiB on the
                 Qwen2.5-0.5B shape (`docs/performance.md`), inside a 16 GB T4.
             num_workers: DataLoader worker processes.
+            pin_memory: on a GPU, put batches in pinned memory, so that their copy to the GPU does not wait for the
+                previous step's GPU work. Off until measured on its own: the GPU runs with it were no faster, but ran
+                on other machines than those without it (docs/performance.md). Ignored without a GPU.
             group_by_length: train on random batches of similar-length samples (less padding, same samples per
                 epoch; the order depends only on the run's seed); false for plain random batches.
             pad_to_multiple_of: pad each training batch's length up to a multiple of this (1: to its longest
@@ -237,6 +242,10 @@ class TitleDataModule(L.LightningDataModule):
             ),  # fmt: skip
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
+            # Lightning copies batches with non_blocking=True, which is asynchronous only from pinned memory.
+            pin_memory=self.hparams.pin_memory
+            and self.trainer is not None
+            and self.trainer.strategy.root_device.type == "cuda",
         )
 
     def train_dataloader(self) -> DataLoader:
