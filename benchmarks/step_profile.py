@@ -3,9 +3,12 @@
     python -m benchmarks.step_profile --model /tmp/titlegen-bench/qwen2.5-0.5b-shape --pairs pairs.jsonl --scope all
 
 A step is host-bound when the GPU's kernel time is well under the step's wall time: then cutting GPU work (padding,
-the LM head) does not shorten it, and only fewer or cheaper launches do. This prints, for a few steps on
-length-grouped batches: wall ms a step, kernel ms a step (summed over kernels), kernels launched a step, the top
-CPU-side operators by self time (torch.profiler), and the top Python functions by own time (cProfile).
+the LM head) does not shorten it, and only fewer or cheaper launches do. Of `--steps` + 2 batches, the first two warm
+up and the rest are timed. titlegen's batches are length-sorted, so the timed ones are the longest; `--path raw`
+takes the raw Unsloth loop's step instead, on random batches. This prints: wall ms a step, kernel ms a step (summed
+over kernels), kernels launched a step, real and padded tokens a step; with `--kernels`, the profiler's rows
+(operators and kernels) by GPU time; with `--tables`, the top CPU-side operators by self time (torch.profiler) and
+the top Python functions by own time (cProfile).
 """
 
 from __future__ import annotations
@@ -41,19 +44,29 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--scope", default="all", choices=["all", "last"])
+    parser.add_argument("--path", default="titlegen", choices=["titlegen", "raw"],
+                        help="raw: the raw Unsloth loop's step instead (random batches, bf16 autocast,"
+                        " model(...).loss, Unsloth's checkpoint), for the same measurements side by side")  # fmt: skip
     parser.add_argument("--gradient-checkpointing", default="offload", choices=["offload", "unsloth"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--pad-to-multiple-of", type=int, default=1)
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--check", action="store_true", help="loss and LoRA gradients with graphs against without")
+    parser.add_argument("--kernels", action="store_true", help="also print the GPU kernels by total time")
     parser.add_argument("--tables", action="store_true", help="also print torch.profiler's and cProfile's tables")
     args = parser.parse_args()
 
     n = args.batch_size * (args.steps + 2)
     items = examples(sample_records(args.pairs, n, seed=1), args.model)
-    order = by_length(items, list(range(n)))
-    batches = training_batches(args.model, items, order, args.batch_size, "cuda", args.pad_to_multiple_of)
+    raw = args.path == "raw"
+    if raw and args.check:
+        parser.error("--check compares titlegen's graphs with its eager path: it takes no --path raw")
+    if raw:
+        args.gradient_checkpointing, args.pad_to_multiple_of, args.no_cuda_graphs = "unsloth", 1, True
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(1)).tolist() if raw else list(range(n))
+    batches = training_batches(args.model, items, by_length(items, order) if not raw else order, args.batch_size,
+                               "cuda", args.pad_to_multiple_of)  # fmt: skip
     model = lora_training_model(args.model, args.scope, args.gradient_checkpointing, "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -62,8 +75,16 @@ def main() -> None:
         check_graphs(model, batches)
         return
 
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not raw:
+            return modeling.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss
+
     def step(batch: dict[str, torch.Tensor]) -> None:
-        modeling.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs).backward()
+        loss(batch).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -92,11 +113,15 @@ def main() -> None:
     tokens = sum(int(b["attention_mask"].sum()) for b in timed) / len(timed)
     graphs = model.get_base_model().model.__dict__.get(GRAPHS_ATTRIBUTE)
     replays = f"{len(graphs.graphs)} graphs, {graphs.replays} replays" if graphs is not None else "no graphs"
-    print(f"scope {args.scope}, {args.gradient_checkpointing} checkpoint, batch {args.batch_size},"
+    padded = sum(b["attention_mask"].numel() for b in timed) / len(timed)
+    print(f"{args.path} path, scope {args.scope}, {args.gradient_checkpointing} checkpoint, batch {args.batch_size},"
           f" pad to {args.pad_to_multiple_of}, {replays}: wall"
           f" {wall_ms:.1f} ms/step, kernels {kernel_ms:.1f} ms/step (GPU busy {100 * kernel_ms / wall_ms:.0f}%),"
-          f" {len(kernels) / len(timed):.0f} kernels/step, {tokens:.0f} real tokens/step, peak {peak:.2f} GiB,"
+          f" {len(kernels) / len(timed):.0f} kernels/step, {tokens:.0f} real tokens/step ({padded:.0f} with padding),"
+          f" peak {peak:.2f} GiB,"
           f" {torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")  # fmt: skip
+    if args.kernels:
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=70))
     if not args.tables:
         return
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))

@@ -21,6 +21,8 @@ from typing import Any
 
 from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, emit, examples, sample_records, write_jsonl
 
+if "--no-unsloth-block-compile" in sys.argv:  # read by Unsloth when it patches the decoder layers
+    os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
 if "--variant" in sys.argv and sys.argv[sys.argv.index("--variant") + 1] != "hf":
     import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
@@ -81,7 +83,14 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
     def step(items: list[Any]) -> int:
         cpu_batch = collate(list(enumerate(items)))
         tokens = int(cpu_batch["attention_mask"].sum())  # counted on the CPU: no GPU sync inside the timed loop
-        batch = {k: v.to(device) for k, v in cpu_batch.items()}
+        # Pinned in the main thread, as TRL's DataLoader does by default (dataloader_pin_memory, no workers). Copied
+        # with non_blocking for Unsloth, which patches TRL's trainer to do so (`_unsloth_non_blocking_batches`);
+        # accelerate's default copy (hf) blocks.
+        pin = device == "cuda"
+        batch = {
+            k: (v.pin_memory() if pin else v).to(device, non_blocking=pin and args.variant == "unsloth")
+            for k, v in cpu_batch.items()
+        }
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             # The model's own loss on the full batch, as TRL computes it (titlegen's extra `label_positions` unused).
             loss = model(
@@ -127,14 +136,43 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
             train_file=str(data_file), validation_file=str(warm_file), test_file=str(warm_file),
             model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
             group_by_length=not args.no_grouping, pad_to_multiple_of=args.pad_to_multiple_of,
+            pin_memory=args.pin_memory,
         )  # fmt: skip
         trainer = L.Trainer(
-            accelerator="auto", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_epochs=1,
-            limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, callbacks=callbacks,
+            accelerator="auto", devices=args.devices, strategy=ddp_strategy(args.ddp) if args.devices > 1 else "auto",
+            max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+            enable_model_summary=False, gradient_clip_val=1.0, **main_fit_settings(args, callbacks),
         )  # fmt: skip
         trainer.fit(module, datamodule)
     return timer.result if trainer.is_global_zero else None
+
+
+def main_fit_settings(args: argparse.Namespace, callbacks: list[L.Callback]) -> dict[str, Any]:
+    """A bare Trainer, or with `--as-main-fit` what `main.py fit` adds per step: the progress bar, TensorBoard logging
+    every 10 steps, and its callbacks (NaN guard, signal handler, throughput meter, learning-rate monitor)."""
+    if not args.as_main_fit:
+        return {"logger": False, "enable_progress_bar": False, "callbacks": callbacks}
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from titlegen.callbacks import GracefulStop, NonFiniteLossGuard, Throughput
+
+    return {
+        "logger": TensorBoardLogger(args.workdir / "lightning_logs", name="bench", default_hp_metric=False),
+        "enable_progress_bar": True, "log_every_n_steps": 10,
+        "callbacks": [*callbacks, GracefulStop(), NonFiniteLossGuard(), Throughput(), LearningRateMonitor()],
+    }  # fmt: skip
+
+
+def ddp_strategy(name: str) -> Any:
+    """`ddp`: Lightning's default, as `--trainer.strategy=ddp` runs. `ddp-static`: the LoRA gradients' buckets are
+    views of the gradients (no copy into them) and the graph is static (DDP records the bucket order on the first
+    step and skips its per-step search for unused parameters)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if name == "ddp":
+        return "ddp"
+    return DDPStrategy(static_graph=True, gradient_as_bucket_view=True)
 
 
 class FitTimer(L.Callback):
@@ -174,7 +212,10 @@ class FitTimer(L.Callback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: --no-unsloth-block-compile is also read from sys.argv before the import of Unsloth.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--variant", choices=["titlegen", "unsloth", "hf"], required=True)
     parser.add_argument("--scope", choices=["all", "last"], default="all")
     parser.add_argument("--model", type=Path, required=True, help="the Qwen2.5-0.5B-shaped model (benchmarks.run)")
@@ -183,9 +224,17 @@ def main() -> None:
     parser.add_argument("--warmup-batches", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8, help="per device; the configs' default")
     parser.add_argument("--devices", type=int, default=1, help="GPUs for the titlegen variant (DDP when > 1)")
+    parser.add_argument("--ddp", choices=["ddp", "ddp-static"], default="ddp", help="the strategy when --devices > 1")
     parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
     parser.add_argument("--gradient-checkpointing", choices=["offload", "unsloth"], default="offload",
                         help="titlegen's checkpoint implementation (the module's default: offload)")  # fmt: skip
+    parser.add_argument(
+        "--no-unsloth-block-compile",
+        action="store_true",
+        help="UNSLOTH_BLOCK_COMPILE=0: Unsloth's decoder layers run eagerly, not as compiled regions",
+    )
+    parser.add_argument("--pin-memory", action="store_true", help="titlegen with --data.pin_memory true")
+    parser.add_argument("--as-main-fit", action="store_true", help="titlegen with main.py fit's per-step extras")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="titlegen without CUDA graphs")
     parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen: 64 for last, else 1 (as the configs)")
     parser.add_argument("--seed", type=int, default=3407)
@@ -213,6 +262,9 @@ def main() -> None:
     result.update(
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
+        ddp=args.ddp if args.devices > 1 else None, as_main_fit=args.as_main_fit,
+        unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
+        pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),
         checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",
         cuda_graphs=args.variant == "titlegen" and not args.no_cuda_graphs,
         pad_to_multiple_of=args.pad_to_multiple_of if args.variant == "titlegen" else 1,
