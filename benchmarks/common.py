@@ -18,6 +18,15 @@ QWEN25_05B = dict(
 )  # fmt: skip
 MAX_SEQ_LENGTH = 512  # the configs' default
 MAX_NEW_TOKENS = 48  # the configs' default title budget
+SCOPE_CONFIGS = {"all": "full_lora.yaml", "last": "last_layer_lora.yaml"}  # under configs/
+
+
+def config_value(scope: str, section: str, key: str, default: Any) -> Any:
+    """`section.key` as the experiment config of `scope` sets it, else `default` (the code default it inherits)."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / SCOPE_CONFIGS[scope]).read_text())
+    return (config.get(section) or {}).get(key, default)
 
 
 def build_model(out_dir: Path, tokenizer_source: str) -> Path:

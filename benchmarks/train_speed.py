@@ -14,12 +14,13 @@ Run each variant in its own process: Unsloth patches transformers when imported,
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, emit, examples, sample_records, write_jsonl
+from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, config_value, emit, examples, sample_records, write_jsonl
 
 if "--no-unsloth-block-compile" in sys.argv:  # read by Unsloth when it patches the decoder layers
     os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
@@ -236,13 +237,16 @@ def main() -> None:
     parser.add_argument("--pin-memory", action="store_true", help="titlegen with --data.pin_memory true")
     parser.add_argument("--as-main-fit", action="store_true", help="titlegen with main.py fit's per-step extras")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="titlegen without CUDA graphs")
-    parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen: 64 for last, else 1 (as the configs)")
+    parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen; default: as the scope's config pads")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
-    if args.pad_to_multiple_of is None:
-        args.pad_to_multiple_of = 64 if args.scope == "last" else 1
+    if args.pad_to_multiple_of is None:  # as the scope's config pads (64 for last_layer_lora.yaml's graphs)
+        from titlegen.data import TitleDataModule
+
+        default = inspect.signature(TitleDataModule).parameters["pad_to_multiple_of"].default
+        args.pad_to_multiple_of = config_value(args.scope, "data", "pad_to_multiple_of", default)
 
     warm_n = args.warmup_batches * args.batch_size * args.devices
     records = sample_records(args.pairs, warm_n + args.samples, seed=args.seed)
