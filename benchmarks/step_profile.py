@@ -53,7 +53,9 @@ def main() -> None:
     parser.add_argument("--pad-to-multiple-of", type=int, default=1)
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--check", action="store_true", help="loss and LoRA gradients with graphs against without")
-    parser.add_argument("--kernels", action="store_true", help="also print the GPU kernels by total time")
+    parser.add_argument(
+        "--kernels", action="store_true", help="also print the profiler's rows (operators and kernels) by GPU time"
+    )
     parser.add_argument("--tables", action="store_true", help="also print torch.profiler's and cProfile's tables")
     args = parser.parse_args()
 

@@ -167,8 +167,8 @@ def main_fit_settings(args: argparse.Namespace, callbacks: list[L.Callback]) -> 
 
 def ddp_strategy(name: str) -> Any:
     """`ddp`: Lightning's default, as `--trainer.strategy=ddp` runs. `ddp-static`: the LoRA gradients' buckets are
-    views of the gradients (no copy into them) and the graph is static (DDP records the bucket order on the first
-    step and skips its per-step search for unused parameters)."""
+    views of the gradients (no copy into them), and the graph is declared static (DDP records which parameters get
+    gradients, and in what order, on the first step and reuses that)."""
     from lightning.pytorch.strategies import DDPStrategy
 
     if name == "ddp":
