@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +104,56 @@ def lora_training_model(model_dir: Path, scope: Any, checkpointing: Any, device:
     return model
 
 
+class HostSyncs:
+    """Counts the host's waits for the GPU (`torch.cuda.set_sync_debug_mode`), by the Python lines that caused them.
+
+    A wait empties the GPU's queue: until the host has queued the next kernels, the GPU idles. Implicit waits only
+    (`.item()`, `bool()` of a GPU tensor, a blocking copy); an explicit `torch.cuda.synchronize()` is not counted.
+    """
+
+    SKIP = ("site-packages/torch/", "/warnings.py", "benchmarks/common.py")  # frames that say where, not why
+
+    def __init__(self) -> None:
+        self.sites: Counter[str] = Counter()
+        self._catch: Any = None
+
+    def start(self) -> None:
+        if not torch.cuda.is_available():
+            return
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = self._record
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        if self._catch is None:
+            return
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(None, None, None)
+        self._catch = None
+
+    def _record(self, message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+        if "synchronizing" not in str(message):
+            return
+        frames, frame = [], sys._getframe(1)
+        while frame is not None and len(frames) < 4:
+            name = frame.f_code.co_filename
+            if not any(s in name for s in self.SKIP):
+                frames.append(f"{'/'.join(Path(name).parts[-2:])}:{frame.f_lineno}")
+            frame = frame.f_back
+        self.sites[" < ".join(frames)] += 1
+
+    def details(self) -> dict[str, Any]:
+        return {"host_syncs": sum(self.sites.values()), "host_sync_sites": dict(self.sites.most_common(6))}
+
+
 class Stopwatch:
     """Wall time between GPU-synchronised points, the peak memory since `start`, and per-step laps.
 
     Laps are host-side (no sync per step), so a step that triggers a torch.compile recompilation shows as a long
     lap; `compiles` counts the graphs compiled inside the timed window, which a warmed-up run should keep at 0.
+    The host's waits for the GPU inside the window are counted (`HostSyncs`).
     """
 
     def __init__(self) -> None:
@@ -116,6 +164,21 @@ class Stopwatch:
         self.compiles = 0
         self._graphs_at_start = 0
         self._last = 0.0
+        self.syncs = HostSyncs()
+        self._allocator_at_start: dict[str, float] = {}
+        self.allocator: dict[str, float] = {}
+
+    def _allocator_counts(self) -> dict[str, float]:
+        """Pool growth: new pinned host blocks (and the ms spent creating them), cudaMalloc calls, and retries after a
+        failed one (each frees the cache and waits for the GPU). Growth inside the timed window costs the host."""
+        if not self.cuda:
+            return {}
+        device = torch.cuda.memory_stats()
+        counts = {"cuda_mallocs": device.get("num_device_alloc", 0), "alloc_retries": device["num_alloc_retries"]}
+        host = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
+        if "num_host_alloc" in host:
+            counts.update(pinned_allocs=host["num_host_alloc"], pinned_alloc_ms=host["host_alloc_time.total"] / 1000)
+        return counts
 
     def _sync(self) -> None:
         if self.cuda:
@@ -133,6 +196,8 @@ class Stopwatch:
             torch.cuda.reset_peak_memory_stats()
         self._graphs_at_start = self._graphs()
         self.laps = []
+        self._allocator_at_start = self._allocator_counts()
+        self.syncs.start()
         self._t0 = self._last = time.perf_counter()
 
     def lap(self) -> None:
@@ -141,9 +206,12 @@ class Stopwatch:
         self._last = now
 
     def stop(self) -> float:
+        self.syncs.stop()
         self._sync()
         self.elapsed = time.perf_counter() - self._t0
         self.compiles = self._graphs() - self._graphs_at_start
+        end = self._allocator_counts()
+        self.allocator = {f"{k}_while_timed": round(v - self._allocator_at_start[k], 1) for k, v in end.items()}
         return self.elapsed
 
     @property
@@ -156,6 +224,8 @@ class Stopwatch:
             "compiles_while_timed": self.compiles,
             "step_ms_median": round(1000 * laps[len(laps) // 2], 1),
             "step_ms_max": round(1000 * laps[-1], 1),
+            **self.syncs.details(),
+            **self.allocator,
         }
 
 

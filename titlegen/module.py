@@ -16,6 +16,7 @@ from titlegen import modeling
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.modeling import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope, ModelConfigError
 from titlegen.prompts import clean_title
+from titlegen.readback import LatestValue
 from titlegen.tokenization import ChatTokens, chat_tokens, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class TitleGenModule(L.LightningModule):
         self.bertscore = BERTScoreMetric(bertscore_model, bertscore_num_layers, bertscore_lang)
         self.generations: list[dict[str, Any]] = []
         self.trainable_params = 0
+        self._bar_loss = LatestValue()
 
     # ------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -136,11 +138,21 @@ class TitleGenModule(L.LightningModule):
         if self.trainable_params == 0:
             # Zero-shot baseline: report the loss, but there is nothing to update.
             with torch.no_grad():
-                self.log("train/loss", self(batch), prog_bar=True)
+                self._log_train_loss(self(batch))
             return None
         loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self._log_train_loss(loss)
         return loss
+
+    def _log_train_loss(self, loss: torch.Tensor) -> None:
+        # Not prog_bar=True: Lightning reads a progress-bar value on the host after every step, which waits for the
+        # GPU (benchmarks: "host syncs"). The logger reads train/loss once per log_every_n_steps; the bar shows the
+        # newest loss that has already reached the host, a step or so behind.
+        self.log("train/loss", loss)
+        self._bar_loss.push(loss)
+        shown = self._bar_loss.latest()
+        if shown is not None:
+            self.log("loss", shown, prog_bar=True, logger=False)
 
     # ------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
