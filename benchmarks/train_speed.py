@@ -15,12 +15,22 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MAX_SEQ_LENGTH, Stopwatch, config_value, emit, examples, sample_records, write_jsonl
+from benchmarks.common import (
+    MAX_SEQ_LENGTH,
+    SCOPE_CONFIGS,
+    Stopwatch,
+    config_value,
+    emit,
+    examples,
+    sample_records,
+    write_jsonl,
+)
 
 if "--no-unsloth-block-compile" in sys.argv:  # read by Unsloth when it patches the decoder layers
     os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
@@ -121,50 +131,66 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
 
 # ------------------------------------------------------------------------------------------------- titlegen
 def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path) -> dict[str, Any] | None:
-    from titlegen.data import TitleDataModule
-    from titlegen.module import TitleGenModule
-
     timer = FitTimer()
     for data_file, callbacks in ((warm_file, []), (measured_file, [timer])):
         L.seed_everything(args.seed)
-        # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
-        # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
-        module = TitleGenModule(
-            model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH,
-            gradient_checkpointing=args.gradient_checkpointing, cuda_graphs=not args.no_cuda_graphs,
-        )  # fmt: skip
-        datamodule = TitleDataModule(
-            train_file=str(data_file), validation_file=str(warm_file), test_file=str(warm_file),
-            model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
-            group_by_length=not args.no_grouping, pad_to_multiple_of=args.pad_to_multiple_of,
-            pin_memory=args.pin_memory,
-        )  # fmt: skip
         if args.read_loss_each_step and callbacks:
             callbacks = [*callbacks, LossReadEachStep()]
-        trainer = L.Trainer(
-            accelerator="auto", devices=args.devices, strategy=ddp_strategy(args.ddp) if args.devices > 1 else "auto",
-            max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-            enable_model_summary=False, gradient_clip_val=1.0, **main_fit_settings(args, callbacks),
-        )  # fmt: skip
+        # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
+        # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
+        trainer, module, datamodule = (main_fit if args.as_main_fit else bare_fit)(args, data_file, warm_file)
+        trainer.callbacks.extend(callbacks)
         trainer.fit(module, datamodule)
     return timer.result if trainer.is_global_zero else None
 
 
-def main_fit_settings(args: argparse.Namespace, callbacks: list[L.Callback]) -> dict[str, Any]:
-    """A bare Trainer, or with `--as-main-fit` what `main.py fit` adds per step: the progress bar, TensorBoard logging
-    every 10 steps, and its callbacks (NaN guard, signal handler, throughput meter, learning-rate monitor)."""
-    if not args.as_main_fit:
-        return {"logger": False, "enable_progress_bar": False, "callbacks": callbacks}
-    from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import TensorBoardLogger
+def bare_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tuple[L.Trainer, Any, Any]:
+    """The DataModule and LightningModule under a plain Trainer: no logger, progress bar or callbacks."""
+    from titlegen.data import TitleDataModule
+    from titlegen.module import TitleGenModule
 
-    from titlegen.callbacks import GracefulStop, NonFiniteLossGuard, Throughput
+    module = TitleGenModule(
+        model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH,
+        gradient_checkpointing=args.gradient_checkpointing, cuda_graphs=not args.no_cuda_graphs,
+    )  # fmt: skip
+    datamodule = TitleDataModule(
+        train_file=str(train_file), validation_file=str(eval_file), test_file=str(eval_file),
+        model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
+        group_by_length=not args.no_grouping, pad_to_multiple_of=args.pad_to_multiple_of, pin_memory=args.pin_memory,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="auto", devices=args.devices, strategy=ddp_strategy(args.ddp) if args.devices > 1 else "auto",
+        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+        enable_model_summary=False, gradient_clip_val=1.0, logger=False, enable_progress_bar=False,
+    )  # fmt: skip
+    return trainer, module, datamodule
 
-    return {
-        "logger": TensorBoardLogger(args.workdir / "lightning_logs", name="bench", default_hp_metric=False),
-        "enable_progress_bar": True, "log_every_n_steps": 10,
-        "callbacks": [*callbacks, GracefulStop(), NonFiniteLossGuard(), Throughput(), LearningRateMonitor()],
+
+def main_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tuple[L.Trainer, Any, Any]:
+    """What `main.py fit --config <the scope's config>` builds (titlegen.cli: its callbacks, TensorBoard logger,
+    progress bar and trainer defaults), on the benchmark's files and options, without validation. Its end-of-epoch
+    checkpoint and adapter export come after the last step, outside the timed window (`FitTimer`)."""
+    from titlegen.cli import main
+
+    strategy: Any = ddp_strategy(args.ddp) if args.devices > 1 else "auto"
+    if not isinstance(strategy, str):  # as a config would give it
+        strategy = json.dumps({"class_path": f"{type(strategy).__module__}.{type(strategy).__name__}",
+                               "init_args": {"static_graph": True, "gradient_as_bucket_view": True}})  # fmt: skip
+    options = {
+        "seed_everything": args.seed, "model.model_name": args.model, "model.lora_scope": args.scope,
+        "model.gradient_checkpointing": args.gradient_checkpointing, "model.cuda_graphs": not args.no_cuda_graphs,
+        "data.train_file": train_file, "data.validation_file": eval_file, "data.test_file": eval_file,
+        "data.max_seq_length": MAX_SEQ_LENGTH, "data.batch_size": args.batch_size,
+        "data.group_by_length": not args.no_grouping, "data.pad_to_multiple_of": args.pad_to_multiple_of,
+        "data.pin_memory": args.pin_memory, "trainer.devices": args.devices, "trainer.strategy": strategy,
+        "trainer.max_epochs": 1, "trainer.limit_val_batches": 0, "trainer.num_sanity_val_steps": 0,
+        "trainer.logger.init_args.save_dir": args.workdir / "lightning_logs",
     }  # fmt: skip
+    argv = ["--config", SCOPE_CONFIGS[args.scope]]
+    for key, value in options.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    cli = main(argv, run=False)
+    return cli.trainer, cli.model, cli.datamodule
 
 
 class LossReadEachStep(L.Callback):
@@ -187,7 +213,8 @@ def ddp_strategy(name: str) -> Any:
 
 
 class FitTimer(L.Callback):
-    """Times one `fit` on every rank; at the end, sums the tokens and compares the LoRA weights across ranks."""
+    """Times one `fit` on every rank, from its first batch to the end of its last (so without end-of-epoch saves); at
+    the end, sums the tokens and compares the LoRA weights across ranks."""
 
     def __init__(self) -> None:
         self.watch = Stopwatch()
@@ -205,9 +232,12 @@ class FitTimer(L.Callback):
         self.tokens = batch["attention_mask"].sum() + self.tokens
         self.steps += 1
         self.watch.lap()
+        if self.steps == trainer.num_training_batches:
+            self.watch.stop()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.watch.stop()
+        if self.steps != trainer.num_training_batches:  # stopped early (max_steps): time up to here
+            self.watch.stop()
         strategy = trainer.strategy
         tokens = int(strategy.reduce(torch.as_tensor(self.tokens, device=pl_module.device).float(), reduce_op="sum"))
         weights = torch.cat([p.detach().float().flatten() for p in pl_module.parameters() if p.requires_grad])
