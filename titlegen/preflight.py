@@ -73,16 +73,17 @@ def check_model(model_name: str, lora_scope: Any, trust_remote_code: bool) -> No
     """Read the model's config (no weights): the name must be loadable, and LoRA layer indices must exist in it."""
     from transformers import AutoConfig
 
-    from titlegen.modeling import CACHE_DIR, ModelConfigError, scope_layers
+    from titlegen.gguf import converted_dir
+    from titlegen.modeling import ModelConfigError, scope_layers
     from titlegen.resources import resolve_packaged_path
 
     resolved = resolve_packaged_path(model_name)
     if resolved.endswith(".gguf"):
-        # Reading a GGUF's metadata takes seconds; the copy converted on first use (modeling.materialize) has a
+        # Reading a GGUF's metadata takes seconds; the copy converted on first use (gguf.materialize) has a
         # config.json. Before that, the layer indices are checked right after the conversion. A missing GGUF file
         # is reported by materialize, with the package that ships it.
         gguf = Path(resolved)
-        converted = CACHE_DIR / f"{gguf.stem}-{gguf.stat().st_size}" if gguf.is_file() else None
+        converted = converted_dir(gguf) if gguf.is_file() else None
         if converted is None or not (converted / "config.json").is_file():
             return
         resolved = str(converted)

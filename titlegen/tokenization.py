@@ -56,7 +56,7 @@ def load_tokenizer(model_name: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer with pad/eos fixed by `chat_tokens`; cached, since data and module both need it."""
     from transformers import AutoTokenizer
 
-    from titlegen.modeling import materialize
+    from titlegen.gguf import materialize
 
     tokenizer = AutoTokenizer.from_pretrained(materialize(model_name), trust_remote_code=trust_remote_code)
     chat_tokens(tokenizer)

