@@ -120,6 +120,8 @@ class HostSyncs:
     def start(self) -> None:
         if not torch.cuda.is_available():
             return
+        self._show = warnings.showwarning  # other warnings still show, once each, as before
+        self._shown: set[tuple[str, int, str]] = set()
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
         warnings.simplefilter("always")
@@ -133,8 +135,11 @@ class HostSyncs:
         self._catch.__exit__(None, None, None)
         self._catch = None
 
-    def _record(self, message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+    def _record(self, message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
         if "synchronizing" not in str(message):
+            if (filename, lineno, str(message)) not in self._shown:
+                self._shown.add((filename, lineno, str(message)))
+                self._show(message, category, filename, lineno, *rest)
             return
         frames, frame = [], sys._getframe(1)
         while frame is not None and len(frames) < 4:
@@ -174,7 +179,10 @@ class Stopwatch:
         if not self.cuda:
             return {}
         device = torch.cuda.memory_stats()
-        counts = {"cuda_mallocs": device.get("num_device_alloc", 0), "alloc_retries": device["num_alloc_retries"]}
+        counts = {
+            "cuda_mallocs": device.get("num_device_alloc", 0),
+            "alloc_retries": device.get("num_alloc_retries", 0),
+        }
         host = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
         if "num_host_alloc" in host:
             counts.update(pinned_allocs=host["num_host_alloc"], pinned_alloc_ms=host["host_alloc_time.total"] / 1000)

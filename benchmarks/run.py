@@ -149,7 +149,8 @@ def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens
 def spread(r: dict[str, Any]) -> str:
     """Every repeat's tokens/s, lowest to highest (the table's tokens/s is their median); "1" for a single run."""
     runs = sorted(r.get("repeats_tokens_per_sec", []))
-    return " / ".join(f"{t / 1000:.1f}k" for t in runs) if runs else "1"
+    failed = f" (+{r['repeats_failed']} failed)" if r.get("repeats_failed") else ""
+    return " / ".join(f"{t / 1000:.1f}k" for t in runs) + failed if runs else "1"
 
 
 def syncs_per_step(r: dict[str, Any]) -> str:
@@ -232,6 +233,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results.json"))
     a = parser.parse_args()
+    if a.repeats < 1:
+        parser.error(f"--repeats {a.repeats}: give 1 or more")
 
     results = json.loads(a.results.read_text()) if a.results.is_file() else {}
     tokenizer = first_loadable_tokenizer(a.tokenizer)

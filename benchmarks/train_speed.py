@@ -176,7 +176,7 @@ def main_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tup
     strategy: Any = ddp_strategy(args.ddp) if args.devices > 1 else "auto"
     if not isinstance(strategy, str):  # as a config would give it
         strategy = json.dumps({"class_path": f"{type(strategy).__module__}.{type(strategy).__name__}",
-                               "init_args": {"static_graph": True, "gradient_as_bucket_view": True}})  # fmt: skip
+                               "init_args": DDP_STATIC})  # fmt: skip
     options = {
         "seed_everything": args.seed, "model.model_name": args.model, "model.lora_scope": args.scope,
         "model.gradient_checkpointing": args.gradient_checkpointing, "model.cuda_graphs": not args.no_cuda_graphs,
@@ -210,7 +210,10 @@ def ddp_strategy(name: str) -> Any:
 
     if name == "ddp":
         return "ddp"
-    return DDPStrategy(static_graph=True, gradient_as_bucket_view=True)
+    return DDPStrategy(**DDP_STATIC)
+
+
+DDP_STATIC = {"static_graph": True, "gradient_as_bucket_view": True}
 
 
 class FitTimer(L.Callback):
@@ -221,6 +224,7 @@ class FitTimer(L.Callback):
         self.watch = Stopwatch()
         self.tokens: torch.Tensor | int = 0  # a GPU tensor while running: int() on each step would sync the GPU
         self.steps = 0
+        self.stopped = False
         self.result: dict[str, Any] = {}
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
@@ -234,11 +238,20 @@ class FitTimer(L.Callback):
         self.steps += 1
         self.watch.lap()
         if self.steps == trainer.num_training_batches:
+            self._stop()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # An epoch that ended before its last batch (max_steps, a resumed epoch, a stop signal). Lightning runs this
+        # hook of monitoring callbacks (ModelCheckpoint's save) after the other callbacks' and the module's.
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self.stopped:
             self.watch.stop()
+            self.stopped = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.steps != trainer.num_training_batches:  # stopped early (max_steps): time up to here
-            self.watch.stop()
+        self._stop()
         strategy = trainer.strategy
         tokens = int(strategy.reduce(torch.as_tensor(self.tokens, device=pl_module.device).float(), reduce_op="sum"))
         weights = torch.cat([p.detach().float().flatten() for p in pl_module.parameters() if p.requires_grad])
@@ -295,7 +308,7 @@ def main() -> None:
     warm_n = args.warmup_batches * args.batch_size * args.devices
     records = sample_records(args.pairs, warm_n + args.samples, seed=args.seed)
     warm, measured = records[:warm_n], records[warm_n:]
-    # Every variant also warms up on the pass's longest samples, as its last warm-up batch: the memory pools then
+    # Every variant also warms up on the pass's longest samples (one batch of them, per rank): the memory pools then
     # have grown to the pass's largest batch before the timer starts. Without this, titlegen's timed window, which
     # starts with that batch (length grouping puts it first), paid for ~24 new pinned blocks and ~90 cudaMallocs
     # that the raw loop's long random warm-up batches had already paid for (2026-11-26d).

@@ -176,8 +176,8 @@ def test_the_first_step_trains_in_training_mode_with_the_lean_checkpoint(tiny_mo
 
 
 class _NoHostSyncBetween(L.Callback):
-    """Makes any wait of the host for the GPU an error from the start of step `first` to the start of step `last`:
-    the training step, backward, the optimizer step, the batch-end hooks and logging, and the next batch's fetch."""
+    """Makes any wait of the host for the GPU an error from the start of batch `first` to the start of batch `last`
+    (0-based): the training steps, backward, the optimizer steps, the batch-end hooks and logging, and the fetches."""
 
     def __init__(self, first: int, last: int) -> None:
         self.first, self.last = first, last
@@ -188,14 +188,25 @@ class _NoHostSyncBetween(L.Callback):
         elif batch_idx == self.last:
             torch.cuda.set_sync_debug_mode("default")
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        torch.cuda.set_sync_debug_mode("default")  # Lightning's teardown syncs: let the step's own error through
+
 
 def test_the_progress_bar_shows_the_loss_and_the_logger_gets_train_loss(tiny_model_dir, pairs_file, tmp_path):
-    module = make(tiny_model_dir)
-    fit = trainer(tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False)
+    from lightning.pytorch.loggers import CSVLogger
+
+    # The logger records the module's and the data's hyperparameters together, so the shared ones must agree.
+    module = TitleGenModule(model_name=str(tiny_model_dir), max_seq_length=256, gradient_checkpointing=False)
+    fit = trainer(
+        tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False, logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+    )  # fmt: skip
     fit.fit(module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path))
     # On the CPU the newest loss is on the host at once, so the bar shows the last step's loss exactly.
     assert fit.progress_bar_metrics["loss"] == pytest.approx(float(fit.callback_metrics["train/loss"]))
-    assert "train/loss" not in fit.progress_bar_metrics and "loss" not in fit.logged_metrics
+    assert "train/loss" not in fit.progress_bar_metrics
+    assert fit.logged_metrics["train/loss"] == pytest.approx(fit.progress_bar_metrics["loss"])
+    assert "loss" not in fit.logged_metrics
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-GPU syncs exist only on a GPU (run on the device)")

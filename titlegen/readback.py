@@ -23,13 +23,13 @@ class LatestValue:
 
     def push(self, value: torch.Tensor) -> None:
         value = value.detach()
-        if value.device.type != "cuda":  # nothing to wait for on the CPU (no asynchronous copy elsewhere)
+        if value.device.type != "cuda":  # on the CPU nothing to wait for; elsewhere (MPS) a plain, waiting copy
             self._latest = value.to("cpu", copy=True)
             return
         host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
         host.copy_(value, non_blocking=True)
         landed = torch.cuda.Event()
-        landed.record()
+        landed.record(torch.cuda.current_stream(value.device))  # the stream the copy was queued on
         self._pending.append((host, landed))
 
     def latest(self) -> torch.Tensor | None:
