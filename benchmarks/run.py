@@ -90,31 +90,39 @@ def with_repeats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = sorted((r for r in runs if "tokens_per_sec" in r), key=lambda r: r["tokens_per_sec"])
     if len(runs) == 1 or not ok:
         return runs[-1]
-    return {**ok[(len(ok) - 1) // 2], "repeats_tokens_per_sec": [round(r["tokens_per_sec"]) for r in runs if r in ok],
-            "repeats_failed": len(runs) - len(ok)}  # fmt: skip
+    in_order = [round(r["tokens_per_sec"]) for r in runs if "tokens_per_sec" in r]
+    return {**ok[(len(ok) - 1) // 2], "repeats_tokens_per_sec": in_order, "repeats_failed": len(runs) - len(ok)}
+
+
+def interleaved(
+    repeats: int, plan: list[tuple[str, list[str]]], env: dict[str, str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Run each (name, train_speed arguments) of `plan`, the whole plan `repeats` times over (A B A B, not A A B B,
+    so that a drift of the machine does not favour one variant); after each run yield (name, `with_repeats` so far)."""
+    done: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(repeats):
+        for name, args in plan:
+            done.setdefault(name, []).append(measure("benchmarks.train_speed", args, env))
+            print(name, json.dumps(done[name][-1])[:300], flush=True)
+            yield name, with_repeats(done[name])
 
 
 def train_runs(a: argparse.Namespace, model: Path, single_gpu: dict[str, str], runs: dict[str, Any]) -> Iterator[None]:
-    """Fill `runs` as the measurements finish (the caller saves after each one). With `--repeats N` the plan runs N
-    times over, interleaved (A B A B, not A A B B), so that a drift of the machine does not favour one variant."""
+    """Fill `runs` as the measurements finish (the caller saves after each one), `--repeats` times interleaved."""
     common = ["--model", str(model), "--pairs", str(a.pairs), "--samples", str(a.samples)]
     plan = [
-        (f"{v}/{s}/b{b}", [*VARIANT_ARGS.get(v, ["--variant", v]), "--scope", s, "--batch-size", str(b)])
+        (f"{v}/{s}/b{b}", [*VARIANT_ARGS.get(v, ["--variant", v]), "--scope", s, "--batch-size", str(b), *common])
         for b in a.batch_sizes for s in a.scopes for v in a.variants
     ]  # fmt: skip
     if a.ungrouped:  # what length grouping alone contributes
         plan += [
             (f"titlegen-ungrouped/{s}/b{b}",
-             ["--variant", "titlegen", "--scope", s, "--no-grouping", "--batch-size", str(b)])
+             ["--variant", "titlegen", "--scope", s, "--no-grouping", "--batch-size", str(b), *common])
             for b in a.batch_sizes for s in a.scopes
         ]  # fmt: skip
-    done: dict[str, list[dict[str, Any]]] = {}
-    for _ in range(a.repeats):
-        for name, args in plan:
-            done.setdefault(name, []).append(measure("benchmarks.train_speed", [*args, *common], single_gpu))
-            runs[name] = with_repeats(done[name])
-            print(name, json.dumps(done[name][-1])[:300], flush=True)
-            yield
+    for name, result in interleaved(a.repeats, plan, single_gpu):
+        runs[name] = result
+        yield
 
 
 def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -123,13 +131,8 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
     b = a.batch_sizes[-1]
     args = ["--variant", "titlegen", "--scope", "all", "--model", str(model), "--pairs", str(a.pairs),
             "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2"]  # fmt: skip
-    done: dict[str, list[dict[str, Any]]] = {}
-    for _ in range(a.repeats):
-        for strategy in a.ddp:
-            result = measure("benchmarks.train_speed", [*args, "--ddp", strategy], {"CUDA_VISIBLE_DEVICES": "0,1"})
-            print(f"{strategy}/b{b}", json.dumps(result)[:300], flush=True)
-            done.setdefault(strategy, []).append(result)
-            yield f"{strategy}/b{b}", with_repeats(done[strategy])
+    plan = [(f"{strategy}/b{b}", [*args, "--ddp", strategy]) for strategy in a.ddp]
+    yield from interleaved(a.repeats, plan, {"CUDA_VISIBLE_DEVICES": "0,1"})
 
 
 def ddp_results(ddp: dict[str, Any]) -> dict[str, Any]:

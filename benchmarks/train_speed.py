@@ -325,7 +325,7 @@ def main() -> None:
             return
     else:
         model = (load_unsloth if args.variant == "unsloth" else load_hf)(args.model, args.scope)
-        result = raw_loop(args, model, examples(warm, args.model), examples(measured, args.model))
+        result = raw_loop(args, model, examples(warm, args.model), items)
     result.update(
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
