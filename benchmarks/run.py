@@ -131,8 +131,17 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
     b = a.batch_sizes[-1]
     args = ["--variant", "titlegen", "--scope", "all", "--model", str(model), "--pairs", str(a.pairs),
             "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2"]  # fmt: skip
-    plan = [(f"{strategy}/b{b}", [*args, "--ddp", strategy]) for strategy in a.ddp]
+    plan = [(f"{strategy}/b{b}", [*args, *DDP_ARGS[strategy]]) for strategy in a.ddp]
     yield from interleaved(a.repeats, plan, {"CUDA_VISIBLE_DEVICES": "0,1"})
+
+
+# `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); its
+# scaling is against titlegen-main-fit on one GPU, the others' against titlegen.
+DDP_ARGS = {
+    "ddp": ["--ddp", "ddp"],
+    "ddp-static": ["--ddp", "ddp-static"],
+    "ddp-main-fit": ["--ddp", "ddp", "--as-main-fit"],
+}
 
 
 def ddp_results(ddp: dict[str, Any]) -> dict[str, Any]:
@@ -183,10 +192,18 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | peak GiB | median step ms | host syncs/step"
                   " | LoRA weights, max difference between ranks |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for b in sorted({name.rsplit("/b", 1)[1] for name in ddp}, key=int):
-        one = train.get(f"titlegen/all/b{b}", {})
-        rows = [(f"1 GPU, batch {b}", one)]
-        rows += [(f"2 GPUs, {name.split('/')[0]}, batch {b}", r) for name, r in ddp.items() if name.endswith(f"/b{b}")]
-        for label, r in rows:
+        ones = {v: train.get(f"{v}/all/b{b}", {}) for v in ("titlegen", "titlegen-main-fit")}
+        rows = [(f"1 GPU, {v}, batch {b}", one, one) for v, one in ones.items() if one or v == "titlegen"]
+        rows += [
+            (
+                f"2 GPUs, {name.split('/')[0]}, batch {b}",
+                r,
+                ones["titlegen-main-fit" if "main-fit" in name else "titlegen"],
+            )
+            for name, r in ddp.items()
+            if name.endswith(f"/b{b}")
+        ]
+        for label, r, one in rows:
             if "tokens_per_sec" not in r:
                 lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | |")
                 continue
@@ -225,7 +242,7 @@ def main() -> None:
     parser.add_argument("--scopes", nargs="+", choices=["all", "last"], default=["all", "last"])
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8], help="per device; the last one for DDP")
-    parser.add_argument("--ddp", nargs="+", choices=["ddp", "ddp-static"], default=["ddp"],
+    parser.add_argument("--ddp", nargs="+", choices=list(DDP_ARGS), default=["ddp"],
                         help="--parts ddp: the strategies to measure (train_speed --ddp)")  # fmt: skip
     parser.add_argument("--ungrouped", action="store_true", help="also titlegen without length grouping")
     parser.add_argument(

@@ -139,7 +139,10 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
             callbacks = [*callbacks, LossReadEachStep()]
         # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
         # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
-        trainer, module, datamodule = (main_fit if args.as_main_fit else bare_fit)(args, data_file, warm_file)
+        # The warm-up is always the bare Trainer: warming up is about kernels, and it keeps the end-of-fit callbacks
+        # out of it (under DDP their rank-0-only `log_dir` read, since fixed, hung the first try of main_fit).
+        build = main_fit if args.as_main_fit and callbacks else bare_fit
+        trainer, module, datamodule = build(args, data_file, warm_file)
         trainer.callbacks.extend(callbacks)
         trainer.fit(module, datamodule)
     return timer.result if trainer.is_global_zero else None

@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 
-from .conftest import REPO, synthetic_pairs, write_jsonl
+from .conftest import REPO, run_args_for, synthetic_pairs, write_jsonl
 
 SCRIPT = textwrap.dedent(
     """
@@ -53,6 +55,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def run_on_cpu(tmp_path: Path, *command: object, timeout: int = 600) -> None:
+    """Run a command that starts a 2-process DDP job on the CPU (gloo, the repo importable); fail with its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, *map(str, command)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_fit_keeps_the_ranks_in_sync(tiny_llama_dir, tmp_path):
     script = tmp_path / "ddp_fit.py"
@@ -63,15 +74,95 @@ def test_two_process_ddp_fit_keeps_the_ranks_in_sync(tiny_llama_dir, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     val = write_jsonl(tmp_path / "val.jsonl", synthetic_pairs(4, seed=5))
     out = tmp_path / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tiny_llama_dir), str(train), str(val), str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_cpu(tmp_path, script, tiny_llama_dir, train, val, out)
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["steps"] == 4
     assert result["lora_b_norm"] > 0, "training changed the adapters"
     assert result["rank_diff"] == 0.0, "DDP averaged the gradients, so both ranks hold the same weights"
     rank0, rank1 = result["tokens"]
     assert rank0 != rank1, "each rank trained on its own share of the batches"
+
+
+NAN_ON_ONE_RANK = textwrap.dedent(
+    """
+    import unsloth  # noqa: F401  (before transformers and peft)
+    import json, sys
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from titlegen.callbacks import GracefulStop, NonFiniteLossError, NonFiniteLossGuard
+    from titlegen.data import TitleDataModule
+    from titlegen.module import TitleGenModule
+
+    model_dir, train, val, out = sys.argv[1:5]
+
+    class NanOnRankOne(TitleGenModule):
+        def forward(self, batch):
+            loss = super().forward(batch)
+            return loss * float("nan") if self.global_rank == 1 and self.global_step == 2 else loss
+
+    L.seed_everything(3407)
+    module = NanOnRankOne(model_name=model_dir, lora_scope="last", max_seq_length=512)
+    data = TitleDataModule(train_file=train, validation_file=val, test_file=val, model_name=model_dir,
+                           batch_size=4, num_workers=0, max_seq_length=512)
+    checkpoint = ModelCheckpoint(dirpath=out + "-ckpt", save_last=True)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=5, limit_val_batches=0,
+                        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[GracefulStop(), NonFiniteLossGuard(), checkpoint])
+    try:
+        trainer.fit(module, data)
+        result = {"error": None}
+    except NonFiniteLossError as err:
+        result = {"error": str(err)}
+    result.update(rank=trainer.global_rank, steps=trainer.global_step)
+    json.dump(result, open(f"{out}-rank{trainer.global_rank}.json", "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_same_step(tiny_llama_dir, tmp_path):
+    """The NaN guard's decision is one all-reduce of a flag on the device (`callbacks.any_rank`): rank 0, whose own
+    loss is finite, must stop with rank 1 at the same step, or it would wait forever in the next collective."""
+    script = tmp_path / "nan_on_one_rank.py"
+    script.write_text(NAN_ON_ONE_RANK)
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(48, seed=4))
+    val = write_jsonl(tmp_path / "val.jsonl", synthetic_pairs(4, seed=5))
+    out = tmp_path / "result"
+    run_on_cpu(tmp_path, script, tiny_llama_dir, train, val, out)
+    results = [json.loads((tmp_path / f"result-rank{rank}.json").read_text()) for rank in (0, 1)]
+    for result in results:
+        assert result["steps"] == 2, "both ranks stopped before the optimizer step of global step 2"
+        assert result["error"] is not None and "at global step 2" in result["error"]
+    assert results[0]["error"].startswith("train/loss is ") and "nan" not in results[0]["error"].split(" at ")[0]
+    assert results[1]["error"].startswith("train/loss is nan at global step 2")
+    saved = torch.load(tmp_path / "result-ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_main_py_fit_then_test_on_two_processes_finish_and_write_their_outputs(tiny_model_dir, pairs_file, tmp_path):
+    """`main.py fit` and `main.py test` as a multi-GPU user runs them, on two CPU processes. Rank 0 alone used to
+    read `trainer.log_dir` when exporting the adapter and writing the test outputs; under DDP that is a broadcast,
+    so rank 0 waited for a rank that had already finished (or crashed when it exited)."""
+    common = [
+        *run_args_for(tiny_model_dir, pairs_file, tmp_path), "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.strategy=ddp", "--data.batch_size=2", "--data.eval_batch_size=2",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    for subcommand, *args in (
+        ["fit", "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--model.val_generate_samples=2"],
+        ["test", "--trainer.limit_test_batches=2"],
+    ):
+        run_on_cpu(tmp_path, REPO / "main.py", subcommand, "--config", "full_lora.yaml", *common, *args, timeout=420)
+    fitted = tmp_path / "logs" / "full_lora" / "version_0"
+    assert (fitted / "adapter" / "adapter_config.json").is_file()
+    assert (fitted / "checkpoints" / "last.ckpt").is_file()
+    tested = tmp_path / "logs" / "full_lora" / "version_1"
+    rows = [json.loads(line) for line in (tested / "predictions.jsonl").read_text().splitlines()]
+    # The 6-pair test split (5% of 120) over 2 ranks, padded by the sampler, gathered on rank 0 and written once.
+    test_ids = {json.loads(line)["id"] for line in (tmp_path / "splits" / "test.jsonl").read_text().splitlines()}
+    assert len(test_ids) == 6
+    assert len(rows) == 6 and {row["id"] for row in rows} == test_ids
+    assert json.loads((tested / "metrics.json").read_text())["samples"] == 6

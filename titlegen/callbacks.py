@@ -34,11 +34,14 @@ class AdapterExport(L.Callback):
         self.dirname = dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fast_dev_run or not trainer.is_global_zero or not getattr(pl_module, "trainable_params", 0):
+        if trainer.fast_dev_run or not getattr(pl_module, "trainable_params", 0):
+            return
+        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank asks, or rank 0 waits forever
+        if not trainer.is_global_zero:
             return
         from titlegen.modeling import save_adapter
 
-        path = save_adapter(pl_module.model, Path(trainer.log_dir or ".") / self.dirname)
+        path = save_adapter(pl_module.model, Path(log_dir or ".") / self.dirname)
         rank_zero_info(f"PEFT adapter saved to {path}")
 
 
@@ -127,10 +130,11 @@ class TitleWriter(BasePredictionWriter):
     ) -> None:
         # Every process calls this once, so the gather is safe; predict's sampler gives each rank distinct samples.
         rows = gather_from_ranks([row for batch in predictions for row in batch])
+        log_dir = trainer.log_dir  # a broadcast under DDP, so on every rank (see AdapterExport)
         if not trainer.is_global_zero:
             return
         ordered = [row for _, row in sorted({row["index"]: row for row in rows}.items())]
-        path = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "titles.jsonl"
+        path = Path(self.output) if self.output else Path(log_dir or ".") / "titles.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         with open(partial, "w", encoding="utf-8") as handle:
@@ -167,6 +171,17 @@ def save_last_checkpoint(trainer: L.Trainer) -> Path | None:
     callback.last_model_path = path
     trainer.save_checkpoint(path, weights_only=False)  # the full state: optimizer, scheduler, loops
     return Path(path)
+
+
+def any_rank(flag: torch.Tensor, trainer: L.Trainer) -> bool:
+    """Whether the 0-dim `flag` is true on any rank, taken together by all ranks: one all-reduce on the flag's own
+    device, then one read of the result: one wait for the GPU. Lightning's `reduce_boolean_decision` takes a Python
+    bool, so the flag is read first, then a host-built tensor is copied over and reduced after a barrier: three
+    waits, and under NCCL the barrier is itself a collective that the host waits for."""
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = flag.to(torch.int32)  # a copy: the caller's tensor stays as it was; NCCL and gloo both reduce ints
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag)
 
 
 class GracefulStop(L.Callback):
@@ -207,8 +222,12 @@ class GracefulStop(L.Callback):
         signal.signal(signal.SIGTERM, handler)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        # Every rank takes the decision together: one rank alone leaving would hang the others' next collective.
-        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        received = self.received is not None
+        if trainer.world_size > 1:
+            # Every rank takes the decision together: one rank alone leaving would hang the others' next
+            # collective. `torch.full` writes the flag on the device without a host-to-GPU copy.
+            received = any_rank(torch.full((), int(received), device=pl_module.device), trainer)
+        if received:
             self._stop(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -252,7 +271,7 @@ class NonFiniteLossGuard(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         finite, loss = self._finite, self._loss
         self._finite, self._loss = None, None
-        if finite is None or not trainer.strategy.reduce_boolean_decision(not bool(finite), all=False):
+        if finite is None or not any_rank(~finite, trainer):
             return
         saved = save_last_checkpoint(trainer)
         where = f"The weights before this step are saved in {saved}." if saved else "Nothing was saved (fast_dev_run)."

@@ -185,8 +185,10 @@ class TitleGenModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         scored = self._log_bertscore("test")
+        # Under DDP `log_dir` is a broadcast from rank 0: every rank asks, or rank 0 waits for the others forever.
+        out_dir = Path(self.trainer.log_dir or ".")
         if scored is not None and self.trainer.is_global_zero:
-            self._write_test_outputs(*scored)
+            self._write_test_outputs(*scored, out_dir)
 
     # ------------------------------------------------------------------------------------------- predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
@@ -276,8 +278,7 @@ class TitleGenModule(L.LightningModule):
         self.log(f"{stage}/stopped_fraction", sum(g["stopped"] for g in generations) / len(generations))
         return result, generations
 
-    def _write_test_outputs(self, result: Any, generations: list[dict[str, Any]]) -> None:
-        out_dir = Path(self.trainer.log_dir or ".")
+    def _write_test_outputs(self, result: Any, generations: list[dict[str, Any]], out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         by_id = {g["id"]: g for g in generations}
         with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
