@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -176,10 +177,10 @@ def save_last_checkpoint(trainer: L.Trainer) -> Path | None:
 def any_rank(flag: torch.Tensor, trainer: L.Trainer) -> bool:
     """Whether the 0-dim `flag` is true on any rank, taken together by all ranks: one all-reduce on the flag's own
     device, then one read of the result: one wait for the GPU. Lightning's `reduce_boolean_decision` takes a Python
-    bool, so the flag is read first, then a host-built tensor is copied over and reduced after a barrier: three
-    waits, and under NCCL the barrier is itself a collective that the host waits for."""
+    bool (so a GPU flag is read first), copies a host-built tensor over, reduces it after a barrier and reads the
+    result: up to four waits, and under NCCL the barrier is itself a collective that the host waits for."""
     if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = flag.to(torch.int32)  # a copy: the caller's tensor stays as it was; NCCL and gloo both reduce ints
+        flag = flag.to(torch.int32, copy=True)  # the caller's tensor stays as it was; NCCL and gloo reduce ints
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag)
 
@@ -276,8 +277,13 @@ class NonFiniteLossGuard(L.Callback):
         saved = save_last_checkpoint(trainer)
         where = f"The weights before this step are saved in {saved}." if saved else "Nothing was saved (fast_dev_run)."
         hp = getattr(pl_module, "hparams", {})
+        local = loss.float().mean().item()
+        # Under DDP every rank stops together; the one whose own loss was finite says where the bad one was.
+        what = f"train/loss is {local}"
+        if math.isfinite(local):
+            what = f"train/loss is not finite on another rank (this rank's: {local})"
         raise NonFiniteLossError(
-            f"train/loss is {loss.float().mean().item()} at global step {trainer.global_step} (epoch"
+            f"{what} at global step {trainer.global_step} (epoch"
             f" {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx}); the optimizer step was not"
             f" taken. {where} Likely fixes: a lower --model.learning_rate (now {hp.get('learning_rate')}) or more"
             " --model.warmup_steps (fp16, on a GPU without bf16 such as a T4, overflows sooner); else a broken sample"

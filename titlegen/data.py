@@ -139,7 +139,8 @@ class TitleDataModule(L.LightningDataModule):
                 `model.max_new_tokens`): prompts longer than max_seq_length - max_new_tokens lose abstract text.
             batch_size: training batch size per device. At 8, a 0.5B model's step is bound by Python and kernel
                 launches (raw Unsloth trained 3.4x faster at 32). 32 peaks at 1.8 GiB on the Qwen2.5-0.5B shape, far
-                inside a 16 GB T4; 64 gained no more over raw Unsloth than 32 did (docs/performance.md).
+                inside a 16 GB T4; 64 gained no more over raw Unsloth than 32 did, and one epoch at 128 scored lower
+                test BERTScore on SmolLM2-135M (a quarter of the steps; docs/performance.md).
             eval_batch_size: validation/test batch size per device (also the generation batch). At 128, batched
                 greedy titles came 62x faster than one-by-one `generate` (21x at 32) and peaked at 4.1 GiB on the
                 Qwen2.5-0.5B shape (`docs/performance.md`), inside a 16 GB T4.
