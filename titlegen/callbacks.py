@@ -25,6 +25,12 @@ def _tensorboard(trainer: L.Trainer) -> Any:
     return experiment if hasattr(experiment, "add_text") else None
 
 
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's log folder ("." without a logger). Call it on every rank, before any rank-0-only work: under DDP
+    `trainer.log_dir` is a broadcast from rank 0, so rank 0 alone asking waits forever for the others."""
+    return Path(trainer.log_dir or ".")
+
+
 class AdapterExport(L.Callback):
     """At the end of `fit`, save the PEFT adapter (adapter_config.json + safetensors) in the run's log folder."""
 
@@ -37,12 +43,12 @@ class AdapterExport(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run or not getattr(pl_module, "trainable_params", 0):
             return
-        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank asks, or rank 0 waits forever
+        out_dir = run_dir(trainer)
         if not trainer.is_global_zero:
             return
         from titlegen.modeling import save_adapter
 
-        path = save_adapter(pl_module.model, Path(log_dir or ".") / self.dirname)
+        path = save_adapter(pl_module.model, out_dir / self.dirname)
         rank_zero_info(f"PEFT adapter saved to {path}")
 
 
@@ -131,11 +137,11 @@ class TitleWriter(BasePredictionWriter):
     ) -> None:
         # Every process calls this once, so the gather is safe; predict's sampler gives each rank distinct samples.
         rows = gather_from_ranks([row for batch in predictions for row in batch])
-        log_dir = trainer.log_dir  # a broadcast under DDP, so on every rank (see AdapterExport)
+        out_dir = run_dir(trainer)
         if not trainer.is_global_zero:
             return
         ordered = [row for _, row in sorted({row["index"]: row for row in rows}.items())]
-        path = Path(self.output) if self.output else Path(log_dir or ".") / "titles.jsonl"
+        path = Path(self.output) if self.output else out_dir / "titles.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         with open(partial, "w", encoding="utf-8") as handle:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen import modeling
+from titlegen.callbacks import run_dir
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.modeling import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope, ModelConfigError
 from titlegen.prompts import clean_title
@@ -185,8 +186,7 @@ class TitleGenModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         scored = self._log_bertscore("test")
-        # Under DDP `log_dir` is a broadcast from rank 0: every rank asks, or rank 0 waits for the others forever.
-        out_dir = Path(self.trainer.log_dir or ".")
+        out_dir = run_dir(self.trainer)  # on every rank (a broadcast under DDP)
         if scored is not None and self.trainer.is_global_zero:
             self._write_test_outputs(*scored, out_dir)
 
