@@ -231,6 +231,8 @@ class Stopwatch:
         return {
             "compiles_while_timed": self.compiles,
             "step_ms_median": round(1000 * laps[len(laps) // 2], 1),
+            # CUDA graphs' replays allocate nothing the allocator counts, so their memory shows here, not in peak_gib.
+            "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if self.cuda else 0.0,
             "step_ms_max": round(1000 * laps[-1], 1),
             **self.syncs.details(),
             **self.allocator,

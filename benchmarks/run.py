@@ -173,7 +173,7 @@ def syncs_per_step(r: dict[str, Any]) -> str:
 def table(results: dict[str, Any]) -> str:
     train = results.get("train", {})
     lines = [
-        "| run | tokens/s | runs (tokens/s) | peak GiB | steps | median step ms | compiles while timed"
+        "| run | tokens/s | runs (tokens/s) | peak GiB (reserved) | steps | median step ms | compiles while timed"
         " | host syncs/step | vs raw Unsloth | vs transformers+peft |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -183,7 +183,8 @@ def table(results: dict[str, Any]) -> str:
             continue
         _, setting = name.split("/", 1)
         lines.append(
-            f"| {name} | {r['tokens_per_sec']:,.0f} | {spread(r)} | {r['peak_gib']:.2f} | {r['steps']} |"
+            f"| {name} | {r['tokens_per_sec']:,.0f} | {spread(r)} | {r['peak_gib']:.2f} ({r.get('reserved_gib', '-')})"
+            f" | {r['steps']} |"
             f" {r.get('step_ms_median', '-')} | {r.get('compiles_while_timed', '-')} | {syncs_per_step(r)} |"
             f" {ratio(r, train.get(f'unsloth/{setting}'))} | {ratio(r, train.get(f'hf/{setting}'))} |"
         )

@@ -34,6 +34,7 @@ from benchmarks.common import (
     sample_records,
     training_batches,
 )
+from titlegen import stepgraph
 from titlegen.prefix import GRAPHS_ATTRIBUTE
 
 
@@ -113,8 +114,7 @@ def main() -> None:
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     kernel_ms = sum(e.device_time for e in kernels) / 1000 / len(timed)
     tokens = sum(int(b["attention_mask"].sum()) for b in timed) / len(timed)
-    graphs = model.get_base_model().model.__dict__.get(GRAPHS_ATTRIBUTE)
-    replays = f"{len(graphs.graphs)} graphs, {graphs.replays} replays" if graphs is not None else "no graphs"
+    replays = graph_counts(model)
     padded = sum(b["attention_mask"].numel() for b in timed) / len(timed)
     print(f"{args.path} path, scope {args.scope}, {args.gradient_checkpointing} checkpoint, batch {args.batch_size},"
           f" pad to {args.pad_to_multiple_of}, {replays}: wall"
@@ -164,10 +164,19 @@ def check_graphs(model: Any, batches: list[dict[str, torch.Tensor]]) -> None:
         eager, graphed = grads(second, False), grads(second, True)  # replayed on `second`'s inputs
         worst_loss = max(worst_loss, abs(graphed[0] - eager[0]) / abs(eager[0]))
         worst_grad = max(worst_grad, largest_relative_difference(graphed[1], eager[1]))
-    graphs = model.get_base_model().model.__dict__[GRAPHS_ATTRIBUTE]
-    print(f"graphs against eager over {len(pairs)} pairs of batches: {len(graphs.graphs)} graphs,"
-          f" {graphs.replays} replays; largest"
+    print(f"graphs against eager over {len(pairs)} pairs of batches: {graph_counts(model)}; largest"
           f" relative difference: loss {worst_loss:.2e}, LoRA gradients {worst_grad:.2e}")  # fmt: skip
+
+
+def graph_counts(model: Any) -> str:
+    """How many graphs of whole steps (`stepgraph`) and of frozen layers (`prefix`) were captured and replayed."""
+    causal_lm = model.get_base_model()
+    found = []
+    for name, runner in (("step", causal_lm.__dict__.get(stepgraph.ATTRIBUTE)),
+                         ("frozen-layer", causal_lm.model.__dict__.get(GRAPHS_ATTRIBUTE))):  # fmt: skip
+        if runner:
+            found.append(f"{len(runner.graphs)} {name} graphs, {runner.replays} replays")
+    return ", ".join(found) or "no graphs"
 
 
 if __name__ == "__main__":

@@ -266,7 +266,20 @@ class FitTimer(L.Callback):
             "lora_max_rank_diff": float((gathered - gathered[0]).abs().max()),
             "lora_checksum": float(weights.double().abs().sum()),
             **self.watch.details(),
+            **step_graph_counts(pl_module),
         }  # fmt: skip
+
+
+def step_graph_counts(module: Any) -> dict[str, int]:
+    """This rank's whole-step CUDA graphs (`titlegen.stepgraph`): captured, replayed, failed to capture."""
+    from titlegen.modeling import unwrapped
+    from titlegen.stepgraph import ATTRIBUTE
+
+    runner = unwrapped(module.model).__dict__.get(ATTRIBUTE) if getattr(module, "model", None) is not None else None
+    if not runner:
+        return {}
+    return {"step_graphs": len(runner.graphs), "step_graph_replays": runner.replays,
+            "step_graph_failures": runner.failures}  # fmt: skip
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
 from .conftest import synthetic_pairs
 
 
-def trained_looking_lora(model_dir, scope):
+def trained_looking_lora(model_dir, scope, checkpointing="unsloth", dropout=0.0):
     base = modeling.load_base_model(str(model_dir), 512)
-    model = modeling.apply_lora(base, scope, 8, 16, 0.0, DEFAULT_TARGET_MODULES, "unsloth", 0)
+    model = modeling.apply_lora(base, scope, 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
     torch.manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():

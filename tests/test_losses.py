@@ -57,3 +57,24 @@ def test_without_autograd_the_chunked_loss_has_the_same_value_and_no_graph(monke
         loss = losses.head_cross_entropy(hidden, head, targets)
     assert loss.grad_fn is None
     assert loss.item() == pytest.approx(plain(hidden, head, targets).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("trainable_head", [False, True], ids=["chunked", "plain"])
+def test_weight_zero_padding_rows_change_neither_the_loss_nor_the_real_rows_gradients(monkeypatch, trainable_head):
+    # stepgraph pads a batch's title positions to a fixed count so that one CUDA graph serves several batches.
+    torch.manual_seed(0)
+    vocab, width, real, padded = 97, 16, 23, 32
+    head = torch.nn.Linear(width, vocab, bias=False).requires_grad_(trainable_head)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.5)
+    hidden = torch.randn(padded, width)
+    targets = torch.randint(0, vocab, (padded,))
+    weights = (torch.arange(padded) < real).float()
+    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", vocab * 5)  # the padding spans the last three chunks
+
+    ref_loss, ref_grad = value_and_grad(plain, hidden[:real], head, targets[:real])
+    loss, grad = value_and_grad(lambda h, m, t: losses.head_cross_entropy(h, m, t, weights), hidden, head, targets)
+
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert torch.allclose(grad[:real], ref_grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(grad[real:], torch.zeros_like(grad[real:])), "padding rows get no gradient"

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from titlegen import modeling
+from titlegen import modeling, stepgraph
 from titlegen.data import TitleDataModule
 from titlegen.module import ModelConfigError, TitleGenModule
 
@@ -223,3 +223,6 @@ def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_fi
     finally:  # a failed step would leave the mode on for the tests after this one
         torch.cuda.set_sync_debug_mode("default")
     assert fit.global_step == 6
+    # Most steps replayed a captured step (two batch shapes here; each one's first steps ran eagerly or captured it).
+    runner = modeling.unwrapped(module.model).__dict__[stepgraph.ATTRIBUTE]
+    assert runner.graphs and runner.replays >= 3 and not runner.failures

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen import modeling
+from titlegen import modeling, stepgraph
 from titlegen.prefix import GRAPHS_ATTRIBUTE, GraphedPrefix
 
 from .conftest import build_tiny_model
@@ -24,6 +24,9 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 def test_deferred_prefix_keeps_the_loss_and_runs_each_frozen_layer_once_without_autograd(tmp_path, monkeypatch):
     model_dir = build_tiny_model(tmp_path / "qwen2-4-layers", "qwen2", layers=4)
     model = trained_looking_lora(model_dir, "last")
+    # This test is about the eager step's frozen layers: on a GPU, whole-step graphs (`stepgraph`) would take the
+    # step over from its second call.
+    model.get_base_model().__dict__[stepgraph.ATTRIBUTE] = False
     device = next(model.parameters()).device  # the GPU where there is one (the device tool runs this file too)
     batch = {k: v.to(device) for k, v in training_batch(model_dir).items()}
     backbone = model.get_base_model().model

@@ -14,12 +14,49 @@ tested in `tests/test_checkpointing.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+class PinnedArena:
+    """One block of pinned host memory, handed out in slices from its start for each step.
+
+    A CUDA graph (`stepgraph.StepGraphs`) bakes in the host addresses its layers copy to, and pinned memory cannot
+    be allocated during a capture; so a captured step takes its host buffers from an arena that the graph keeps.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.memory = torch.empty(capacity, dtype=torch.uint8, pin_memory=True)
+        self.offset = 0
+
+    def take(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape) * dtype.itemsize
+        start = -(-self.offset // 256) * 256
+        if start + size > self.capacity:
+            raise RuntimeError(f"pinned arena of {self.capacity} bytes is full: {start + size} needed")
+        self.offset = start + size
+        return self.memory[start : start + size].view(dtype).view(shape)
+
+
+_ARENA: PinnedArena | None = None
+
+
+@contextlib.contextmanager
+def pinned_arena(arena: PinnedArena) -> Iterator[None]:
+    """Offloaded layer inputs go to `arena`, from its start, inside the block."""
+    global _ARENA
+    previous, _ARENA, arena.offset = _ARENA, arena, 0
+    try:
+        yield
+    finally:
+        _ARENA = previous
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
@@ -43,13 +80,19 @@ class _Checkpoint(torch.autograd.Function):
             ctx.rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else torch.get_rng_state()
         ctx.host = None
         if offload and hidden.is_cuda:
-            # Pinned memory comes from torch's caching host allocator, so after the first step this allocates nothing.
-            ctx.host = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=True)
+            if _ARENA is not None:
+                ctx.host = _ARENA.take(hidden.shape, hidden.dtype)
+            else:
+                # Pinned memory comes from torch's caching host allocator: after the first step it allocates nothing.
+                ctx.host = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=True)
             side = _side_stream(hidden.device)
             side.wait_stream(torch.cuda.current_stream(hidden.device))
             with torch.cuda.stream(side):
                 ctx.host.copy_(hidden, non_blocking=True)
-            hidden.record_stream(side)  # the allocator must not hand out `hidden` before the copy has read it
+            if not torch.cuda.is_current_stream_capturing():
+                # The allocator must not hand out `hidden` before the copy has read it. In a capture, the wait on
+                # `copied` below already orders every later use of its memory after the copy.
+                hidden.record_stream(side)
             copied = torch.cuda.Event()
             copied.record(side)
             ctx.device = hidden.device

@@ -116,7 +116,7 @@ class TitleDataModule(L.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = False,
         group_by_length: bool = True,
-        pad_to_multiple_of: int = 1,
+        pad_to_multiple_of: int = 64,
         hub_samples: int = 20_000,
         split_seed: int = 20261125,
         trust_remote_code: bool = False,
@@ -151,9 +151,9 @@ class TitleDataModule(L.LightningDataModule):
             group_by_length: train on random batches of similar-length samples (less padding, same samples per
                 epoch; the order depends only on the run's seed); false for plain random batches.
             pad_to_multiple_of: pad each training batch's length up to a multiple of this (1: to its longest
-                sample). With `model.lora_scope: last`, each batch shape gets its own CUDA graph of the frozen layers
-                (`model.cuda_graphs`, at most 16), and 64 makes at most 8 widths up to 512 tokens. Otherwise the
-                extra padding only costs time and memory (2.5% and 0.1 GiB at `all`, docs/performance.md).
+                sample). On a GPU each batch shape gets its own CUDA graph of the training step
+                (`model.cuda_graphs`, at most 32), and 64 makes at most 8 widths up to 512 tokens. Without graphs
+                (on the CPU) the extra padding only costs time: 1 is better there.
             hub_samples: how many records to sample when `source` is a Hugging Face dataset id.
             split_seed: seed of the split (fixed so that every experiment sees the same test set).
             trust_remote_code: allow the tokenizer's repository to run code (linked from `model.trust_remote_code`).

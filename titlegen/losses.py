@@ -21,7 +21,12 @@ LOGITS_PER_CHUNK = 2**25
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grad: bool
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        with_grad: bool,
+        weights: torch.Tensor | None,
     ) -> torch.Tensor:
         rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
         ctx.input_dtype = hidden.dtype
@@ -32,27 +37,37 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = (hidden[start : start + rows] @ weight.t()).float()  # as `lm_head(h).float()` computes them
             chunk_targets = targets[start : start + rows, None]
             log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (log_norm - logits.gather(1, chunk_targets)).sum()
+            losses = log_norm - logits.gather(1, chunk_targets)
+            chunk_weights = weights[start : start + rows, None] if weights is not None else None
+            total += (losses if chunk_weights is None else losses * chunk_weights).sum()
             if grad_hidden is not None:
                 probs = logits.sub_(log_norm).exp_()  # softmax, in place of the logits
                 probs.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1, dtype=probs.dtype))
+                if chunk_weights is not None:
+                    probs.mul_(chunk_weights)
                 grad_hidden[start : start + rows] = probs.to(weight.dtype) @ weight
         ctx.save_for_backward(grad_hidden)
-        ctx.count = hidden.shape[0]
+        # A tensor with weights: a CUDA graph (`stepgraph`) replays this with other counts and must not read it.
+        ctx.count = hidden.shape[0] if weights is None else weights.sum()
         return total / ctx.count
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
         (grad_hidden,) = ctx.saved_tensors
         if grad_hidden is None:
-            return None, None, None, None
+            return None, None, None, None, None
         # The 1/N scale in float32, as the plain loss applies it: rounded to bf16 it would be off by up to 0.4%.
         scale = grad_output.float() / ctx.count
-        return (grad_hidden.float() * scale).to(ctx.input_dtype), None, None, None
+        return (grad_hidden.float() * scale).to(ctx.input_dtype), None, None, None, None
 
 
-def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+def head_cross_entropy(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy of `head(hidden)` against `targets`: (positions, hidden) and (positions,) in, a scalar out.
+
+    `weights` (positions,), float32: a weighted mean instead, sum(w * loss) / sum(w). `stepgraph` pads the positions
+    of a batch to a fixed count with weight-0 rows, so that one CUDA graph serves several batches.
 
     Chunked when the head is a frozen, bias-free linear layer (an LM head); otherwise the plain computation. Every
     target must be a class index (no -100: the caller picks the labelled positions). Without autograd (validation)
@@ -65,7 +80,10 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: tor
         or not head.weight.is_floating_point()
         or hidden.shape[0] == 0
     )
-    if plain:
+    if plain and weights is None:
         return torch.nn.functional.cross_entropy(head(hidden).float(), targets)
+    if plain:
+        losses = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+        return (losses * weights).sum() / weights.sum()
     with_grad = torch.is_grad_enabled() and hidden.requires_grad
-    return _ChunkedLinearCrossEntropy.apply(hidden, head.weight, targets, with_grad)
+    return _ChunkedLinearCrossEntropy.apply(hidden, head.weight, targets, with_grad, weights)

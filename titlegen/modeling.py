@@ -6,6 +6,7 @@ without it; `main.py` (and the test suite) import it first when it is installed,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from typing import Any, Literal
 import torch
 import torch._functorch.config as functorch_config
 
-from titlegen import prefix
+from titlegen import prefix, stepgraph
 from titlegen.gguf import materialize
 from titlegen.losses import head_cross_entropy
 
@@ -167,15 +168,16 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions, as `model(..., labels=labels).loss` computes it.
 
-    Two shortcuts make it cheaper than the model's own loss, with the same value and gradients:
+    Three shortcuts make it cheaper than the model's own loss, with the same value and gradients:
     - the LM head (151,936 x 896 on Qwen2.5-0.5B, a quarter of the model's FLOPs per token) and the softmax run only
       where a label exists: the title, under a tenth of each sequence, instead of every prompt position;
     - decoder layers below the first adapted one run without autograd when they have nothing to train (LoRA on the
-      last layer only), so the backward pass starts at that layer instead of crossing every frozen layer.
+      last layer only), so the backward pass starts at that layer instead of crossing every frozen layer;
+    - with `cuda_graphs`, in training on a GPU, the whole step, backward included, replays as a CUDA graph per batch
+      shape (`stepgraph`); shapes seen once, and the rest, replay the frozen layers as graphs (`prefix`).
 
     `label_positions` (from `data.Collator`): flat indices into the (batch * length) hidden states of the positions
-    whose next token is a label; computed from `labels` when not given. `cuda_graphs`: replay those frozen layers
-    as CUDA graphs (`prefix.GraphedPrefix`), one per batch shape.
+    whose next token is a label; computed from `labels` when not given.
     """
     from unsloth.models.llama import resolve_logit_transforms
 
@@ -184,17 +186,40 @@ def causal_lm_loss(
         # Logit softcapping or scaling (Gemma 2, Cohere, Granite, ...) lives inside the model's own loss: use it
         # rather than copy it. Unsloth's own table decides, so the two cannot disagree on which models need it.
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    if label_positions is None:
+        label_positions = flat_label_positions(labels)
+    targets = labels.reshape(-1).index_select(0, label_positions + 1)
+    if cuda_graphs and input_ids.is_cuda and torch.is_grad_enabled() and causal_lm.training:
+        runner = stepgraph.runner_of(causal_lm)
+        if runner is not None:
+            body = functools.partial(title_loss, causal_lm, cuda_graphs=False)  # no graphs inside the graph
+            loss = runner(causal_lm, body, input_ids, attention_mask, label_positions, targets)
+            if loss is not None:
+                return loss
+    return title_loss(causal_lm, input_ids, attention_mask, label_positions, targets, cuda_graphs=cuda_graphs)
+
+
+def title_loss(
+    causal_lm: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    cuda_graphs: bool = False,
+) -> torch.Tensor:
+    """The (weighted) mean cross-entropy of `targets` at the flat hidden-state `positions` (`causal_lm_loss`'s body).
+
+    `cuda_graphs`: replay the frozen layers below the first adapted one as CUDA graphs (`prefix.GraphedPrefix`).
+    """
     backbone = causal_lm.model
     # CausalLM.forward sets this for its backbone; with labels, Unsloth treats the batch as right-padded training.
     backbone._has_no_labels = False
     first = prefix.first_trainable_layer(backbone) if torch.is_grad_enabled() and backbone.training else 0
     with prefix.frozen_prefix(backbone, first, cuda_graphs):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-    if label_positions is None:
-        label_positions = flat_label_positions(labels)
-    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, label_positions)
-    targets = labels.reshape(-1).index_select(0, label_positions + 1)
-    return head_cross_entropy(picked, causal_lm.lm_head, targets)
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    return head_cross_entropy(picked, causal_lm.lm_head, targets, weights)
 
 
 def flat_label_positions(labels: torch.Tensor) -> torch.Tensor:

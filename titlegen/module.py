@@ -65,10 +65,13 @@ class TitleGenModule(L.LightningModule):
                 pinned host memory (Unsloth's method through titlegen's leaner `checkpointing.LeanCheckpoint`,
                 faster on a host-bound step); `unsloth` the same through Unsloth's own implementation; true keeps
                 the inputs on the GPU (torch's checkpoint); false stores every activation (most memory).
-            cuda_graphs: on a GPU, replay the frozen layers below the first adapted one (all but one with
-                `lora_scope: last`) as CUDA graphs, one per batch shape: the same kernels without the Python of
-                ~80 launches per layer. Costs a memory pool for one layer's activations at the largest shape, and a
-                recapture per shape after each validation. Pair it with `data.pad_to_multiple_of: 64`.
+            cuda_graphs: on a GPU, replay each training step (forward, loss and backward) as a CUDA graph, one per
+                batch shape: the same kernels without the Python of thousands of launches a step. The first steps
+                (until one compiles nothing, and of each new batch size) run eagerly, with the frozen layers below
+                the first adapted one (all but one with `lora_scope: last`) replayed as graphs. Not with dropout,
+                autocast, or a gradient checkpoint other than `offload` (false is fine). Costs a memory pool for
+                one step at the largest shape and a pinned host buffer for the offloaded layer inputs. Pair it
+                with `data.pad_to_multiple_of: 64` (the default), which bounds the shapes.
             learning_rate: peak AdamW learning rate, reached after `warmup_steps` and decayed linearly to 0.
             weight_decay: AdamW weight decay on the LoRA weights.
             warmup_steps: linear warm-up steps.

@@ -1,0 +1,158 @@
+"""Whole training steps replayed as CUDA graphs (`stepgraph`): the eager loss and LoRA gradients, for new inputs.
+
+The graphs need a GPU: CI has none, so the tests marked `gpu` run on the device (`python -m pytest
+tests/test_stepgraph.py`, docs/performance.md), and `python -m benchmarks.step_profile --check` compares a
+Qwen2.5-0.5B-shaped model's loss and LoRA gradients with and without graphs. What decides whether a step can be
+graphed, and when a graph is stale, is tested on the CPU too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from titlegen import modeling, stepgraph
+from titlegen.data import Collator
+from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
+
+from .conftest import build_tiny_model, synthetic_pairs
+from .test_loss_equivalence import assert_same, loss_and_grads, trained_looking_lora
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device)")
+
+
+def lora_model(model_dir, scope, dropout=0.0):
+    """A LoRA model as a fit builds it (the lean offloading checkpoint), with adapters that look trained."""
+    model = trained_looking_lora(model_dir, scope, "offload", dropout)
+    modeling.training_mode(model)
+    return model
+
+
+def padded_batch(model_dir, seed, device):
+    tokenizer = load_tokenizer(str(model_dir))
+    examples = encode_pairs(synthetic_pairs(6, seed=seed), tokenizer, 512)
+    batch = Collator(chat_tokens(tokenizer).pad_id, for_generation=False, pad_to_multiple_of=64)(
+        list(enumerate(examples))
+    )
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@gpu
+@pytest.mark.parametrize("scope", ["all", "last"])
+def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(tmp_path, scope):
+    model_dir = build_tiny_model(tmp_path / "qwen2-3-layers", "qwen2", layers=3)
+    model = lora_model(model_dir, scope)
+    first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
+    assert first["input_ids"].shape == second["input_ids"].shape
+    assert not torch.equal(first["input_ids"], second["input_ids"])
+
+    eager_first = loss_and_grads(model, modeling.causal_lm_loss(model, **first))
+    # A new shape runs eagerly first (it may compile); the second time it is captured and replayed.
+    for _ in range(2):
+        graphed_first = loss_and_grads(model, modeling.causal_lm_loss(model, **first, cuda_graphs=True))
+    runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    assert (len(runner.graphs), runner.replays) == (1, 1)
+    assert_same(eager_first, graphed_first)
+
+    eager = loss_and_grads(model, modeling.causal_lm_loss(model, **second))
+    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **second, cuda_graphs=True))
+    assert runner.replays == 2, "the same graph, with the second batch copied in"
+    assert_same(eager, graphed)
+    assert abs(graphed[0] - graphed_first[0]) > 1e-4, "a replay that ignored its new inputs would repeat the loss"
+
+
+@gpu
+def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_backward_is_refused(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
+    model = lora_model(model_dir, "all")
+    batch = padded_batch(model_dir, 7, "cuda")
+    for _ in range(2):
+        loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    old_graph = runner.graphs[next(iter(runner.graphs))].graph
+
+    lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+    lora_a.data = lora_a.data * 1.5  # new storage: a replay of the old graph would read the freed one
+    replays = runner.replays
+    loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    assert not runner.graphs and runner.replays == replays, "dropped; the shape runs eagerly once more first"
+    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    assert len(runner.graphs) == 1 and runner.graphs[next(iter(runner.graphs))].graph is not old_graph
+    assert_same(loss_and_grads(model, modeling.causal_lm_loss(model, **batch)), graphed)
+
+    loss = modeling.causal_lm_loss(model, **batch, cuda_graphs=True)
+    modeling.causal_lm_loss(model, **batch, cuda_graphs=True)
+    with pytest.raises(RuntimeError, match="replayed again before the backward of the previous one"):
+        loss.backward()
+
+
+@gpu
+def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eagerly_first(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
+    model = lora_model(model_dir, "all")
+    first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
+    for _ in range(2):  # eager (it compiles), then captured
+        loss_and_grads(model, modeling.causal_lm_loss(model, **first, cuda_graphs=True))
+    runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+
+    def accumulated(graphs: bool) -> dict[str, torch.Tensor]:
+        # As Lightning accumulates two micro-batches: each loss scaled by 1/2, gradients summed in .grad.
+        model.zero_grad(set_to_none=True)
+        for batch in (first, second):
+            (modeling.causal_lm_loss(model, **batch, cuda_graphs=graphs) / 2).backward()
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    eager, graphed = accumulated(False), accumulated(True)
+    assert runner.replays >= 3
+    for name, grad in eager.items():
+        assert float((graphed[name] - grad).norm() / grad.norm()) <= 1e-2, name
+
+    smaller = {k: v[:4] for k, v in first.items() if k != "label_positions"}  # a last, smaller batch
+    before = runner.replays, len(runner.graphs)
+    loss_and_grads(model, modeling.causal_lm_loss(model, **smaller, cuda_graphs=True))
+    assert (runner.replays, len(runner.graphs)) == before, "a new batch size runs eagerly first"
+    loss_and_grads(model, modeling.causal_lm_loss(model, **smaller, cuda_graphs=True))
+    assert runner.replays == before[0] + 1 and not runner.failures
+
+
+def test_no_step_graphs_with_dropout_or_unsloths_checkpoint_and_none_on_the_cpu(tiny_model_dir, monkeypatch):
+    with_dropout = lora_model(tiny_model_dir, "all", dropout=0.1)
+    assert stepgraph.runner_of(with_dropout.get_base_model()) is None, "a replay would repeat the random numbers"
+    unsloths = trained_looking_lora(tiny_model_dir, "all", "unsloth")
+    modeling.training_mode(unsloths)
+    assert stepgraph.runner_of(unsloths.get_base_model()) is None, "its offload grows buffers a graph cannot see"
+    model = lora_model(tiny_model_dir, "all")
+    runner = stepgraph.runner_of(model.get_base_model())
+    assert runner is not None and len(runner.params) == len([p for p in model.parameters() if p.requires_grad])
+    if not torch.cuda.is_available():
+
+        def tripwire(*args, **kwargs):
+            raise AssertionError("the step runner was asked to graph a CPU step")
+
+        monkeypatch.setattr(stepgraph.StepGraphs, "__call__", tripwire)
+        batch = padded_batch(tiny_model_dir, 7, "cpu")
+        assert modeling.causal_lm_loss(model, **batch, cuda_graphs=True).grad_fn is not None
+
+
+def test_the_tensors_a_step_reads_change_when_a_weight_or_the_rotary_table_moves(tiny_model_dir):
+    peft_model = lora_model(tiny_model_dir, "all")
+    device = next(peft_model.parameters()).device
+    # A step first: on a GPU, Unsloth builds its rotary tables at the first forward.
+    modeling.causal_lm_loss(peft_model, **padded_batch(tiny_model_dir, 7, device)).backward()
+    model = peft_model.get_base_model()
+    before = stepgraph.tensors_read(model)
+    assert stepgraph.tensors_read(model) == before, "nothing moved"
+    weight = model.model.layers[0].mlp.down_proj.base_layer.weight
+    absmax = weight.quant_state.absmax  # 4-bit on the CPU fallback too
+    weight.quant_state.absmax = absmax.clone()
+    assert stepgraph.tensors_read(model) != before, "a 4-bit weight's quantization state moved"
+    weight.quant_state.absmax = absmax
+    assert stepgraph.tensors_read(model) == before
+    rotary = model.model.rotary_emb
+    if hasattr(rotary, "multi_gpu_cos_cached"):  # Unsloth's tables (on a GPU): list entries, not buffers
+        tables = rotary.multi_gpu_cos_cached
+        index = next(i for i, t in enumerate(tables) if isinstance(t, torch.Tensor))
+        tables[index] = tables[index].clone()
+    else:  # transformers' rotary embedding (Unsloth's CPU fallback): a buffer
+        rotary.inv_freq = rotary.inv_freq.clone()
+    assert stepgraph.tensors_read(model) != before, "the rotary table moved (Unsloth replaces it when it grows)"

@@ -1,0 +1,273 @@
+"""A whole training step (forward, title loss and backward) replayed as one CUDA graph per batch shape.
+
+On a 0.5B model at batch 32 the step is bound by the host, not the GPU: 24 decoder layers x 3 passes (forward,
+recompute, backward) of compiled regions, each with its guards, wrappers and ~80 kernel launches, keep the GPU
+waiting about a third of each step (`benchmarks/step_profile.py`, docs/performance.md). A graph replays the same
+kernels without that Python. Unlike Unsloth's per-block graphs, the graph holds the backward too: the recompute of
+each checkpointed layer, its gradients, and the LoRA weights' gradients, accumulated into buffers that every graph
+shares.
+
+How a step runs (`StepGraphs.__call__`, called by `modeling.causal_lm_loss` when training on a GPU):
+- until a step has run without compiling anything (torch.compile's count of graphs did not grow), a new batch shape
+  runs eagerly first (the caller runs it when this returns None): compiling Unsloth's regions for a shape must not
+  happen during a capture. After that, a new shape is captured the first time it comes, unless its batch size is
+  new too (an epoch's last, smaller batch), which may recompile;
+- a capture runs on a side stream (after one eager warm-up on that stream, once), with the layers' host copies
+  (`checkpointing.LeanCheckpoint`'s offload) going to a pinned arena the graph owns. The allocator's cache is
+  emptied first: the graphs' memory pool replaces it, and the two would otherwise both hold a step's memory;
+- from then on it copies the batch into the graph's static inputs and replays it. The returned loss is an ordinary
+  autograd output of the LoRA weights (`_Replayed`): its backward hands the graph's gradients to autograd, so
+  Lightning's clipping, gradient accumulation and optimizer, and DDP's all-reduce hooks, see ordinary `.grad`s.
+
+A shape is the padded batch (`data.pad_to_multiple_of`) and the number of title positions, rounded up to
+`POSITION_BUCKET` with weight-0 padding rows (`losses.head_cross_entropy`'s `weights`). Graphs are dropped when a
+tensor the step reads (a weight, a buffer, a 4-bit quantization state, the rotary tables) has moved. Steps run
+eagerly on the CPU, with dropout (a replay would repeat the captured random numbers), under autocast, with trainable
+embeddings, with a gradient checkpoint other than `LeanCheckpoint` (none is fine), past `max_graphs` shapes, and
+after a failed capture (which is not retried).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from titlegen.checkpointing import LeanCheckpoint, PinnedArena, pinned_arena
+
+log = logging.getLogger(__name__)
+ATTRIBUTE = "_titlegen_step_graphs"  # where a CausalLM keeps its StepGraphs between steps
+# Title positions a step computes the LM head for, rounded up to this: about 550 at batch 32, so 2 or 3 buckets.
+POSITION_BUCKET = 128
+StepBody = Callable[..., torch.Tensor]  # (input_ids, attention_mask, positions, targets, weights) -> mean loss
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    loss: torch.Tensor
+    arena: PinnedArena  # kept alive with the graph: the graph writes to its addresses
+
+
+class _Replayed(torch.autograd.Function):
+    """The replayed loss as a function of the LoRA weights; backward returns the graph's gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, runner: StepGraphs, loss: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.runner, ctx.replay = runner, runner.replays
+        return loss.clone()  # the static loss is overwritten by the next replay
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        runner: StepGraphs = ctx.runner
+        if runner.replays != ctx.replay:
+            raise RuntimeError(
+                "A CUDA-graphed training step was replayed again before the backward of the previous one: its"
+                " gradients are gone. Fix: one backward per loss, or train with --model.cuda_graphs false."
+            )
+        return None, None, *torch._foreach_mul(runner.grads, grad)
+
+
+def tensors_read(model: torch.nn.Module) -> tuple[int, ...]:
+    """Addresses of what a captured step reads besides its inputs; a graph is valid while these do not change."""
+    found: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        while state is not None:  # bitsandbytes' 4-bit state, and its nested state for the absmax
+            found += [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
+            state = getattr(state, "state2", None)
+        for name in ("multi_gpu_cos_cached", "multi_gpu_sin_cached", "cos_cached", "sin_cached"):
+            value = getattr(module, name, None)  # Unsloth's rotary tables: plain attributes, not buffers
+            found += [v for v in (value if isinstance(value, list | tuple) else [value]) if isinstance(v, torch.Tensor)]
+    return tuple(t.data_ptr() for t in found)
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def has_dropout(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "attention_dropout", 0.0) > 0 or any(
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
+    )
+
+
+def runner_of(causal_lm: torch.nn.Module) -> StepGraphs | None:
+    """The model's StepGraphs, kept across steps; None where a step cannot be graphed."""
+    runner = causal_lm.__dict__.get(ATTRIBUTE)
+    if runner is None:
+        embeddings = causal_lm.get_input_embeddings()
+        # Other checkpoints than the lean one read or write state a graph cannot follow: Unsloth's offload grows
+        # global buffers, torch's reads the RNG state.
+        other_checkpoint = any(
+            getattr(layer, "gradient_checkpointing", False)
+            and not isinstance(getattr(layer, "_gradient_checkpointing_func", None), LeanCheckpoint)
+            for layer in causal_lm.model.layers
+        )
+        if has_dropout(causal_lm) or other_checkpoint or any(p.requires_grad for p in embeddings.parameters()):
+            runner = False  # remembered: all three are fixed once the adapters and the checkpoint are in place
+        else:
+            runner = StepGraphs([p for p in causal_lm.parameters() if p.requires_grad])
+        causal_lm.__dict__[ATTRIBUTE] = runner
+    return runner or None
+
+
+class StepGraphs:
+    """Captures and replays `body` plus its backward, one CUDA graph per batch shape, for the LoRA weights `params`."""
+
+    def __init__(self, params: list[torch.Tensor], max_graphs: int = 32) -> None:
+        self.params = params
+        self.grads = [torch.zeros_like(p) for p in params]  # every graph accumulates into these
+        self.max_graphs = max_graphs
+        self.graphs: dict[Any, _Graph] = {}
+        self.seen: set[Any] = set()
+        self.reads: tuple[int, ...] | None = None
+        self.stream: torch.cuda.Stream | None = None
+        self.pool: Any = None
+        self.arena: PinnedArena | None = None
+        self.warmed = False
+        self.settled = False  # a step ran without compiling: new shapes can be captured at once
+        self._compiles_before: int | None = None  # torch.compile's graph count before the last eager step
+        self.batch_sizes: set[int] = set()  # batch sizes that ran eagerly: a new one may compile
+        self.failures = 0  # failed captures; after one, every step runs eagerly
+        self.replays = 0  # for tests and benchmarks, and to pair each backward with its replay
+        self._told_cap = False
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        body: StepBody,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The step's loss with the graph's gradients behind it, or None: then run the step eagerly."""
+        if not input_ids.is_cuda or self.failures or torch.is_autocast_enabled("cuda"):
+            # Under autocast, a capture would bake in the addresses of autocast's cached casts of the weights.
+            return None
+        reads = tensors_read(model)
+        if reads != self.reads:
+            if self.reads is not None:
+                log.info("The model's tensors moved: its %d captured training steps are recaptured.", len(self.graphs))
+                # Every shape runs eagerly once more first: an eager step redoes what Unsloth builds lazily (its
+                # rotary tables, after a validation), which must not happen inside a capture.
+                self.seen.clear()
+                self.settled = False
+            self.graphs.clear()
+            self.reads = reads
+        if self._compiles_before is not None:
+            self.settled = _compiled_graphs() == self._compiles_before
+            self._compiles_before = None
+        n = positions.shape[0]
+        rows = max(1, -(-n // POSITION_BUCKET)) * POSITION_BUCKET
+        key = (tuple(input_ids.shape), input_ids.dtype, tuple(attention_mask.shape), attention_mask.dtype, rows,
+               input_ids.device.index)  # fmt: skip
+        entry = self.graphs.get(key)
+        if entry is None:
+            # A new batch size (an epoch's last, smaller batch) may make torch.compile recompile: eagerly first.
+            ready = self.settled and input_ids.shape[0] in self.batch_sizes
+            if not (ready or key in self.seen) or not self._room_for_another():
+                self.seen.add(key)
+                self.batch_sizes.add(input_ids.shape[0])
+                self._compiles_before = _compiled_graphs()
+                return None
+            try:
+                entry = self.graphs[key] = self._capture(model, body, input_ids, attention_mask, rows)
+            except Exception as err:  # noqa: BLE001 (an op that cannot be captured)
+                # Not retried: an aborted capture can leave the allocator's graph pools in a state that a second
+                # one would build on.
+                self.failures += 1
+                self.graphs.clear()
+                log.warning("CUDA graph capture of the training step failed (%s): training goes on without graphs"
+                            " (--model.cuda_graphs false does so from the start).", err)  # fmt: skip
+                return None
+            after = tensors_read(model)
+            if after != reads:
+                # The capture itself replaced a tensor the step reads (a table Unsloth builds lazily): this graph
+                # rebuilds it on each replay and reads the new one, but the others read the old one.
+                self.graphs = {key: entry}
+                self.reads = after
+        inputs = entry.inputs
+        inputs["input_ids"].copy_(input_ids)
+        inputs["attention_mask"].copy_(attention_mask)
+        inputs["positions"][:n].copy_(positions)  # rows past n keep valid indices from earlier steps: weight 0
+        inputs["targets"][:n].copy_(targets)
+        inputs["weights"][:n].fill_(1.0)
+        inputs["weights"][n:].fill_(0.0)
+        entry.graph.replay()
+        self.replays += 1
+        return _Replayed.apply(self, entry.loss, *self.params)
+
+    def _room_for_another(self) -> bool:
+        if len(self.graphs) < self.max_graphs:
+            return True
+        if not self._told_cap:
+            self._told_cap = True
+            log.info("More than %d training batch shapes: the others run without CUDA graphs"
+                     " (--data.pad_to_multiple_of 64 makes fewer shapes).", self.max_graphs)  # fmt: skip
+        return False
+
+    def _step(self, body: StepBody, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        torch._foreach_zero_(self.grads)
+        with torch.enable_grad():
+            loss = body(**inputs)
+            loss.backward()
+        return loss.detach()
+
+    def _capture(
+        self, model: torch.nn.Module, body: StepBody, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: int
+    ) -> _Graph:
+        device = input_ids.device
+        inputs = {
+            "input_ids": input_ids.clone(),
+            "attention_mask": attention_mask.clone(),
+            "positions": torch.zeros(rows, dtype=torch.long, device=device),
+            "targets": torch.zeros(rows, dtype=torch.long, device=device),
+            "weights": torch.zeros(rows, dtype=torch.float32, device=device),
+        }
+        embeddings = model.get_input_embeddings().weight
+        # Room for every checkpointed layer's input (batch x width x hidden) at the longest width the model takes,
+        # so that the shapes captured later fit the same arena.
+        width = max(input_ids.shape[1], int(getattr(model, "max_seq_length", 0) or 0))
+        needed = input_ids.shape[0] * width * embeddings.shape[1] * embeddings.element_size()
+        needed *= int(model.config.num_hidden_layers)
+        if self.arena is None or self.arena.capacity < needed:
+            self.arena = PinnedArena(needed)  # graphs captured with the old one keep it
+        saved = [p.grad for p in self.params]
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
+            if self.stream is None:
+                self.stream, self.pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+            try:
+                for p, grad in zip(self.params, self.grads, strict=True):
+                    p.grad = grad  # the backward accumulates into the shared buffers, in place
+                self.stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.stream):
+                    if not self.warmed:  # libraries set up per-stream state (cuBLAS workspaces) on first use
+                        with pinned_arena(self.arena):
+                            self._step(body, inputs)
+                        self.warmed = True
+                    graph = torch.cuda.CUDAGraph()
+                    # capture_begin rather than torch.cuda.graph: that one also runs gc.collect() and empties the
+                    # allocator's cache, which would cost about a step's time for every shape.
+                    # thread_local: other threads (NCCL's watchdog under DDP) may query events meanwhile.
+                    graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                    try:
+                        with pinned_arena(self.arena):
+                            loss = self._step(body, inputs)
+                    finally:
+                        graph.capture_end()
+            finally:
+                torch.cuda.current_stream().wait_stream(self.stream)  # also after a failure: the warm-up's work
+                for p, grad in zip(self.params, saved, strict=True):
+                    p.grad = grad
+        return _Graph(graph, inputs, loss, self.arena)
