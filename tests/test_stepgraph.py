@@ -66,9 +66,13 @@ def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_ba
     model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
     model = lora_model(model_dir, "all")
     batch = padded_batch(model_dir, 7, "cuda")
+    # One step without the runner first: Unsloth builds its rotary tables at the first forward, which the runner
+    # would take for tensors that moved (and run one more step eagerly).
+    loss_and_grads(model, modeling.causal_lm_loss(model, **batch))
     for _ in range(2):
         loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    assert (len(runner.graphs), runner.replays) == (1, 1)
     old_graph = runner.graphs[next(iter(runner.graphs))].graph
 
     lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
@@ -91,9 +95,11 @@ def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eage
     model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
     model = lora_model(model_dir, "all")
     first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
-    for _ in range(2):  # eager (it compiles), then captured
+    loss_and_grads(model, modeling.causal_lm_loss(model, **first))  # builds Unsloth's rotary tables
+    for _ in range(2):  # eager (it may compile), then captured
         loss_and_grads(model, modeling.causal_lm_loss(model, **first, cuda_graphs=True))
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    assert (len(runner.graphs), runner.replays) == (1, 1)
 
     def accumulated(graphs: bool) -> dict[str, torch.Tensor]:
         # As Lightning accumulates two micro-batches: each loss scaled by 1/2, gradients summed in .grad.

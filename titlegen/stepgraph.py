@@ -29,6 +29,7 @@ after a failed capture (which is not retried).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from typing import Any
 
 import torch
 
+from titlegen import prefix
 from titlegen.checkpointing import LeanCheckpoint, PinnedArena, pinned_arena
 
 log = logging.getLogger(__name__)
@@ -157,11 +159,14 @@ class StepGraphs:
         reads = tensors_read(model)
         if reads != self.reads:
             if self.reads is not None:
-                log.info("The model's tensors moved: its %d captured training steps are recaptured.", len(self.graphs))
-                # Every shape runs eagerly once more first: an eager step redoes what Unsloth builds lazily (its
-                # rotary tables, after a validation), which must not happen inside a capture.
+                if self.graphs:
+                    log.info("The model's tensors moved: %d captured training steps dropped.", len(self.graphs))
+                    self.pool = torch.cuda.graph_pool_handle()  # the old pool may still hold live tensors
+                # The next step runs eagerly: it redoes what Unsloth builds lazily (its rotary tables, after a
+                # validation), which must not happen inside a capture.
                 self.seen.clear()
                 self.settled = False
+                self._compiles_before = None
             self.graphs.clear()
             self.reads = reads
         if self._compiles_before is not None:
@@ -187,6 +192,12 @@ class StepGraphs:
                 # one would build on.
                 self.failures += 1
                 self.graphs.clear()
+                if tensors_read(model) != reads:
+                    # Whatever the capture built was never computed: an eager step would read uninitialised memory.
+                    raise RuntimeError(
+                        "A failed CUDA graph capture replaced tensors the model reads. Fix: train with"
+                        " --model.cuda_graphs false, and report the warning above."
+                    ) from err
                 log.warning("CUDA graph capture of the training step failed (%s): training goes on without graphs"
                             " (--model.cuda_graphs false does so from the start).", err)  # fmt: skip
                 return None
@@ -235,11 +246,17 @@ class StepGraphs:
             "weights": torch.zeros(rows, dtype=torch.float32, device=device),
         }
         embeddings = model.get_input_embeddings().weight
-        # Room for every checkpointed layer's input (batch x width x hidden) at the longest width the model takes,
-        # so that the shapes captured later fit the same arena.
+        # Room for the input (batch x width x hidden) of every layer that offloads it, at the longest width the model
+        # takes, so that the shapes captured later fit the same arena. None with LoRA on the last layer only: the
+        # frozen layers do not checkpoint, and the last checkpointed layer keeps its input on the GPU.
+        layers = model.model.layers[prefix.first_trainable_layer(model.model) :]
+        offloading = sum(
+            bool(getattr(layer, "gradient_checkpointing", False))
+            and bool(getattr(getattr(layer, "_gradient_checkpointing_func", None), "offload", False))
+            for layer in layers
+        )
         width = max(input_ids.shape[1], int(getattr(model, "max_seq_length", 0) or 0))
-        needed = input_ids.shape[0] * width * embeddings.shape[1] * embeddings.element_size()
-        needed *= int(model.config.num_hidden_layers)
+        needed = offloading * input_ids.shape[0] * width * embeddings.shape[1] * embeddings.element_size()
         if self.arena is None or self.arena.capacity < needed:
             self.arena = PinnedArena(needed)  # graphs captured with the old one keep it
         saved = [p.grad for p in self.params]
@@ -257,15 +274,22 @@ class StepGraphs:
                             self._step(body, inputs)
                         self.warmed = True
                     graph = torch.cuda.CUDAGraph()
-                    # capture_begin rather than torch.cuda.graph: that one also runs gc.collect() and empties the
-                    # allocator's cache, which would cost about a step's time for every shape.
-                    # thread_local: other threads (NCCL's watchdog under DDP) may query events meanwhile.
+                    # capture_begin rather than torch.cuda.graph: that one also runs gc.collect(), which would cost
+                    # about a step's time for every shape. thread_local: other threads (NCCL's watchdog under DDP)
+                    # may query events meanwhile.
                     graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                     try:
                         with pinned_arena(self.arena):
                             loss = self._step(body, inputs)
                     finally:
-                        graph.capture_end()
+                        try:
+                            graph.capture_end()
+                        except Exception:
+                            # Older torch raises here before routing allocations back from the pool; without this,
+                            # the allocator would think a capture is still running.
+                            with contextlib.suppress(Exception):
+                                torch._C._cuda_endAllocateToPool(device.index, self.pool)
+                            raise
             finally:
                 torch.cuda.current_stream().wait_stream(self.stream)  # also after a failure: the warm-up's work
                 for p, grad in zip(self.params, saved, strict=True):
