@@ -195,8 +195,8 @@ class StepGraphs:
                 if tensors_read(model) != reads:
                     # Whatever the capture built was never computed: an eager step would read uninitialised memory.
                     raise RuntimeError(
-                        "A failed CUDA graph capture replaced tensors the model reads. Fix: train with"
-                        " --model.cuda_graphs false, and report the warning above."
+                        f"A CUDA graph capture of the training step failed ({err}) after replacing tensors the model"
+                        " reads, which now hold no values. Fix: train with --model.cuda_graphs false."
                     ) from err
                 log.warning("CUDA graph capture of the training step failed (%s): training goes on without graphs"
                             " (--model.cuda_graphs false does so from the start).", err)  # fmt: skip
