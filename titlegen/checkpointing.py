@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -57,6 +57,15 @@ def pinned_arena(arena: PinnedArena) -> Iterator[None]:
         yield
     finally:
         _ARENA = previous
+
+
+def draws_random_numbers(config: Any, modules: Iterable[torch.nn.Module]) -> bool:
+    """Whether running `modules` (of a model with this config) draws random numbers: attention dropout, or a dropout
+    module (LoRA's, say) with p > 0. A recompute then needs the forward's RNG state, and a graph replay would repeat
+    the captured numbers."""
+    return getattr(config, "attention_dropout", 0.0) > 0 or any(
+        isinstance(module, torch.nn.Dropout) and module.p > 0 for root in modules for module in root.modules()
+    )
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:

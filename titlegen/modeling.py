@@ -286,13 +286,11 @@ def use_lean_checkpointing(model: Any) -> None:
     touched. The last checkpointed layer keeps its input on the GPU: backward needs it again at once. RNG state is
     replayed only when a LoRA or attention dropout draws random numbers.
     """
-    from titlegen.checkpointing import LeanCheckpoint
+    from titlegen.checkpointing import LeanCheckpoint, draws_random_numbers
 
     causal_lm = unwrapped(model)
     layers = [layer for layer in causal_lm.model.layers if getattr(layer, "gradient_checkpointing", False)]
-    dropout = getattr(causal_lm.config, "attention_dropout", 0.0) > 0 or any(
-        isinstance(module, torch.nn.Dropout) and module.p > 0 for layer in layers for module in layer.modules()
-    )
+    dropout = draws_random_numbers(causal_lm.config, layers)
     for index, layer in enumerate(layers):
         layer._gradient_checkpointing_func = LeanCheckpoint(offload=index < len(layers) - 1, preserve_rng=dropout)
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from titlegen import prefix
-from titlegen.checkpointing import LeanCheckpoint, PinnedArena, pinned_arena
+from titlegen.checkpointing import LeanCheckpoint, PinnedArena, draws_random_numbers, pinned_arena
 
 log = logging.getLogger(__name__)
 ATTRIBUTE = "_titlegen_step_graphs"  # where a CausalLM keeps its StepGraphs between steps
@@ -109,13 +109,6 @@ def _compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def has_dropout(model: torch.nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return getattr(config, "attention_dropout", 0.0) > 0 or any(
-        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
-    )
-
-
 def runner_of(causal_lm: torch.nn.Module) -> StepGraphs | None:
     """The model's StepGraphs, kept across steps; None where a step cannot be graphed."""
     runner = causal_lm.__dict__.get(ATTRIBUTE)
@@ -128,7 +121,8 @@ def runner_of(causal_lm: torch.nn.Module) -> StepGraphs | None:
             and not isinstance(getattr(layer, "_gradient_checkpointing_func", None), LeanCheckpoint)
             for layer in causal_lm.model.layers
         )
-        if has_dropout(causal_lm) or other_checkpoint or any(p.requires_grad for p in embeddings.parameters()):
+        random = draws_random_numbers(causal_lm.config, [causal_lm])
+        if random or other_checkpoint or any(p.requires_grad for p in embeddings.parameters()):
             runner = False  # remembered: all three are fixed once the adapters and the checkpoint are in place
         else:
             runner = StepGraphs([p for p in causal_lm.parameters() if p.requires_grad])
