@@ -36,6 +36,7 @@ VARIANT_ARGS = {
     "titlegen-eager-blocks": ["--variant", "titlegen", "--no-unsloth-block-compile"],
     "titlegen-pinned": ["--variant", "titlegen", "--pin-memory"],
     "titlegen-loss-read-each-step": ["--variant", "titlegen", "--read-loss-each-step"],
+    "titlegen-main-fit-gpu-checkpoint": ["--variant", "titlegen", "--as-main-fit", "--gradient-checkpointing", "gpu"],
 }
 
 
@@ -109,7 +110,7 @@ def interleaved(
 
 def train_runs(a: argparse.Namespace, model: Path, single_gpu: dict[str, str], runs: dict[str, Any]) -> Iterator[None]:
     """Fill `runs` as the measurements finish (the caller saves after each one), `--repeats` times interleaved."""
-    common = ["--model", str(model), "--pairs", str(a.pairs), "--samples", str(a.samples)]
+    common = ["--model", str(model), "--pairs", str(a.pairs), "--samples", str(a.samples), *(["--phases"] * a.phases)]
     plan = [
         (f"{v}/{s}/b{b}", [*VARIANT_ARGS.get(v, ["--variant", v]), "--scope", s, "--batch-size", str(b), *common])
         for b in a.batch_sizes for s in a.scopes for v in a.variants
@@ -130,18 +131,28 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
     `train` run at the last batch size; yields ("strategy/bB", result)."""
     b = a.batch_sizes[-1]
     args = ["--variant", "titlegen", "--scope", "all", "--model", str(model), "--pairs", str(a.pairs),
-            "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2"]  # fmt: skip
+            "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2",
+            *(["--phases"] * a.phases)]  # fmt: skip
     plan = [(f"{strategy}/b{b}", [*args, *DDP_ARGS[strategy]]) for strategy in a.ddp]
     yield from interleaved(a.repeats, plan, {"CUDA_VISIBLE_DEVICES": "0,1"})
 
 
-# `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); its
-# scaling is against titlegen-main-fit on one GPU, the others' against titlegen.
+# `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); scaling
+# is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm` is a diagnosis, not a setting.
 DDP_ARGS = {
     "ddp": ["--ddp", "ddp"],
     "ddp-static": ["--ddp", "ddp-static"],
     "ddp-main-fit": ["--ddp", "ddp", "--as-main-fit"],
+    "ddp-main-fit-no-sigterm": ["--ddp", "ddp", "--as-main-fit", "--no-sigterm-broadcast"],
+    "ddp-main-fit-gpu-checkpoint": ["--ddp", "ddp", "--as-main-fit", "--gradient-checkpointing", "gpu"],
 }
+
+
+def one_gpu_baseline(strategy: str, ones: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The one-GPU run a DDP strategy scales from: `ddp-X` from `titlegen-X` where that was measured (the same
+    options on one GPU), else `titlegen-main-fit` for the main-fit strategies and `titlegen` for the others."""
+    same = ones.get("titlegen-" + strategy.removeprefix("ddp-"))
+    return same or ones.get("titlegen-main-fit" if "main-fit" in strategy else "titlegen", {})
 
 
 def ddp_results(ddp: dict[str, Any]) -> dict[str, Any]:
@@ -193,14 +204,10 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | peak GiB | median step ms | host syncs/step"
                   " | LoRA weights, max difference between ranks |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for b in sorted({name.rsplit("/b", 1)[1] for name in ddp}, key=int):
-        ones = {v: train.get(f"{v}/all/b{b}", {}) for v in ("titlegen", "titlegen-main-fit")}
+        ones = {v: train.get(f"{v}/all/b{b}", {}) for v in ("titlegen", *(v for v in VARIANT_ARGS if "main-fit" in v))}
         rows = [(f"1 GPU, {v}, batch {b}", one, one) for v, one in ones.items() if one or v == "titlegen"]
         rows += [
-            (
-                f"2 GPUs, {name.split('/')[0]}, batch {b}",
-                r,
-                ones["titlegen-main-fit" if "main-fit" in name else "titlegen"],
-            )
+            (f"2 GPUs, {name.split('/')[0]}, batch {b}", r, one_gpu_baseline(name.split("/")[0], ones))
             for name, r in ddp.items()
             if name.endswith(f"/b{b}")
         ]
@@ -245,6 +252,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8], help="per device; the last one for DDP")
     parser.add_argument("--ddp", nargs="+", choices=list(DDP_ARGS), default=["ddp"],
                         help="--parts ddp: the strategies to measure (train_speed --ddp)")  # fmt: skip
+    parser.add_argument("--phases", action="store_true", help="titlegen runs: time between the step's hooks")
     parser.add_argument("--ungrouped", action="store_true", help="also titlegen without length grouping")
     parser.add_argument(
         "--repeats", type=int, default=1, help="run every train and ddp measurement N times, interleaved; the median"

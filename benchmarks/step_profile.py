@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--path", default="titlegen", choices=["titlegen", "raw"],
                         help="raw: the raw Unsloth loop's step instead (random batches, bf16 autocast,"
                         " model(...).loss, Unsloth's checkpoint), for the same measurements side by side")  # fmt: skip
-    parser.add_argument("--gradient-checkpointing", default="offload", choices=["offload", "unsloth"])
+    parser.add_argument("--gradient-checkpointing", default="offload", choices=["offload", "gpu", "unsloth"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--pad-to-multiple-of", type=int, default=1)

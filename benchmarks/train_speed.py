@@ -17,7 +17,9 @@ import argparse
 import inspect
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,11 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         L.seed_everything(args.seed)
         if args.read_loss_each_step and callbacks:
             callbacks = [*callbacks, LossReadEachStep()]
+        if args.no_sigterm_broadcast and callbacks:
+            callbacks = [*callbacks, NoSigtermBroadcast()]
+        phases = StepPhases() if args.phases and callbacks else None
+        if phases:
+            callbacks = [*callbacks, phases]
         # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
         # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
         # The warm-up is always the bare Trainer: warming up is about kernels, and it keeps the end-of-fit callbacks
@@ -145,6 +152,8 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         trainer, module, datamodule = build(args, data_file, warm_file)
         trainer.callbacks.extend(callbacks)
         trainer.fit(module, datamodule)
+    if phases and timer.result:
+        timer.result["phases"] = phases.summary()
     return timer.result if trainer.is_global_zero else None
 
 
@@ -203,6 +212,63 @@ class LossReadEachStep(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
         float(outputs["loss"])
+
+
+class StepPhases(L.Callback):
+    """Where a step's time goes: host time (perf_counter) and GPU time (CUDA events on the current stream) between
+    Lightning's per-step hooks, medians over the steps after the first 8. Runs after the other callbacks' hooks, so
+    `after_backward>before_optimizer_step` holds the NaN guard's wait for the GPU, and `batch_end>batch_start` the
+    next batch and, under DDP, Lightning's SIGTERM broadcast."""
+
+    MARKS = ("batch_start", "before_backward", "after_backward", "before_optimizer_step", "batch_end")
+
+    def __init__(self) -> None:
+        self.steps: list[list[tuple[float, torch.cuda.Event]]] = []
+
+    def _mark(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.steps[-1].append((time.perf_counter(), event))
+
+    def on_train_batch_start(self, *_: Any) -> None:
+        self.steps.append([])
+        self._mark()
+
+    def on_before_backward(self, *_: Any) -> None:
+        self._mark()
+
+    def on_after_backward(self, *_: Any) -> None:
+        self._mark()
+
+    def on_before_optimizer_step(self, *_: Any) -> None:
+        self._mark()
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        self._mark()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        torch.cuda.synchronize()
+        steps = [marks for marks in self.steps[8:] if len(marks) == len(self.MARKS)]
+        spans = [*zip(self.MARKS, self.MARKS[1:], strict=False), ("batch_end", "batch_start")]
+        out: dict[str, dict[str, float]] = {}
+        for i, (a, b) in enumerate(spans):
+            pairs = [(m[i], m[i + 1]) for m in steps] if i < len(spans) - 1 else list(zip(
+                [m[-1] for m in steps[:-1]], [m[0] for m in steps[1:]], strict=True))  # fmt: skip
+            out[f"{a}>{b}"] = {
+                "host_ms": round(statistics.median((y[0] - x[0]) * 1e3 for x, y in pairs), 2),
+                "gpu_ms": round(statistics.median(x[1].elapsed_time(y[1]) for x, y in pairs), 2),
+            }
+        return out
+
+
+class NoSigtermBroadcast(L.Callback):
+    """Skips Lightning's per-step SIGTERM broadcast under DDP (`_broadcast_sigterm_tensor`: rank 0's flag sent to
+    every rank and read back with `.item()`, so every step starts with the host waiting for the GPU). A diagnosis
+    only: Lightning's SIGTERM handler still broadcasts, and without the loop's broadcast on the other ranks to
+    match it, a SIGTERM may hang the run."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
 
 def ddp_strategy(name: str) -> Any:
@@ -297,7 +363,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1, help="GPUs for the titlegen variant (DDP when > 1)")
     parser.add_argument("--ddp", choices=["ddp", "ddp-static"], default="ddp", help="the strategy when --devices > 1")
     parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
-    parser.add_argument("--gradient-checkpointing", choices=["offload", "unsloth"], default="offload",
+    parser.add_argument("--gradient-checkpointing", choices=["offload", "gpu", "unsloth"], default="offload",
                         help="titlegen's checkpoint implementation (the module's default: offload)")  # fmt: skip
     parser.add_argument(
         "--no-unsloth-block-compile",
@@ -310,6 +376,11 @@ def main() -> None:
         "--read-loss-each-step", action="store_true", help="titlegen reading its loss on the host after every step"
     )
     parser.add_argument("--no-cuda-graphs", action="store_true", help="titlegen without CUDA graphs")
+    parser.add_argument("--phases", action="store_true", help="titlegen: host and GPU time between the step's hooks")
+    parser.add_argument(
+        "--no-sigterm-broadcast", action="store_true",
+        help="titlegen under DDP without Lightning's per-step SIGTERM broadcast (a diagnosis: its 2 host waits a step)",
+    )  # fmt: skip
     parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen; default: as the scope's config pads")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
@@ -346,7 +417,7 @@ def main() -> None:
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
         ddp=args.ddp if args.devices > 1 else None, as_main_fit=args.as_main_fit,
-        read_loss_each_step=args.read_loss_each_step,
+        read_loss_each_step=args.read_loss_each_step, sigterm_broadcast=not args.no_sigterm_broadcast,
         unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
         pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),
         checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",

@@ -56,13 +56,17 @@ def batch(tiny_model_dir):
     return Collator(chat_tokens(tokenizer).pad_id, for_generation=False)(list(enumerate(examples)))
 
 
-def test_offload_installs_the_lean_checkpoint_and_other_modes_keep_theirs(tiny_model_dir):
+def test_offload_and_gpu_install_the_lean_checkpoint_and_other_modes_keep_theirs(tiny_model_dir):
     lean = lora_model(tiny_model_dir, "offload")
     assert all(isinstance(layer._gradient_checkpointing_func, LeanCheckpoint) for layer in layers_of(lean))
     # Only the last checkpointed layer keeps its input on the device: backward needs it at once.
     assert [layer._gradient_checkpointing_func.offload for layer in layers_of(lean)] == [True, False]
     modeling.training_mode(lean)  # again, as after every validation: still installed, still the same plan
     assert [layer._gradient_checkpointing_func.offload for layer in layers_of(lean)] == [True, False]
+    kept = lora_model(tiny_model_dir, "gpu")  # the same checkpoint, every input kept on the device
+    assert [type(layer._gradient_checkpointing_func).__name__ for layer in layers_of(kept)] == ["LeanCheckpoint"] * 2
+    modeling.training_mode(kept)
+    assert [layer._gradient_checkpointing_func.offload for layer in layers_of(kept)] == [False, False]
     unsloth = lora_model(tiny_model_dir, "unsloth")
     assert not any(isinstance(layer._gradient_checkpointing_func, LeanCheckpoint) for layer in layers_of(unsloth))
 

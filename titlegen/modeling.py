@@ -25,8 +25,9 @@ from titlegen.losses import head_cross_entropy
 functorch_config.error_on_custom_op_aliasing = False
 
 LoraScope = Literal["none", "all", "last"] | list[int]
-Checkpointing = Literal["offload", "unsloth"] | bool
+Checkpointing = Literal["offload", "gpu", "unsloth"] | bool
 _LEAN_CHECKPOINT_FLAG = "_titlegen_lean_checkpoint"  # set by apply_lora, read by training_mode
+LEAN_CHECKPOINTS = ("offload", "gpu")  # the `gradient_checkpointing` modes that `LeanCheckpoint` runs
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -114,8 +115,9 @@ def apply_lora(
 ) -> Any:
     """Wrap the base in LoRA adapters for the scope; with scope `none` freeze everything (zero-shot baseline).
 
-    `gradient_checkpointing`: `offload` (titlegen's `LeanCheckpoint`, installed by `training_mode`), `unsloth`
-    (Unsloth's own offloaded checkpoint), True (torch's, inputs kept on the GPU) or False.
+    `gradient_checkpointing`: `offload` or `gpu` (titlegen's `LeanCheckpoint`, installed by `training_mode`, with
+    the layer inputs in pinned host memory or kept on the GPU), `unsloth` (Unsloth's own offloaded checkpoint), True
+    (torch's, inputs kept on the GPU) or False.
     """
     if r <= 0:
         raise ModelConfigError(f"model.lora_r={r}: the LoRA rank must be positive. Fix: e.g. --model.lora_r 16.")
@@ -135,11 +137,12 @@ def apply_lora(
         target_modules=list(target_modules),
         layers_to_transform=layers,
         bias="none",
-        # Unsloth arms the layers for its offloaded checkpoint; `training_mode` swaps in the lean one for `offload`.
-        use_gradient_checkpointing="unsloth" if gradient_checkpointing == "offload" else gradient_checkpointing,
+        # Unsloth arms the layers for its offloaded checkpoint; `training_mode` swaps in the lean one.
+        use_gradient_checkpointing="unsloth" if gradient_checkpointing in LEAN_CHECKPOINTS else gradient_checkpointing,
         random_state=seed,
     )
-    peft_model.__dict__[_LEAN_CHECKPOINT_FLAG] = gradient_checkpointing == "offload"
+    if gradient_checkpointing in LEAN_CHECKPOINTS:
+        peft_model.__dict__[_LEAN_CHECKPOINT_FLAG] = gradient_checkpointing
     return peft_model
 
 
@@ -275,16 +278,17 @@ def training_mode(model: Any) -> None:
     causal_lm = unwrapped(model)
     # Captured graphs hold weight addresses; a fit or a validation may have moved or re-patched the model since.
     causal_lm.model.__dict__.pop(prefix.GRAPHS_ATTRIBUTE, None)
-    if model.__dict__.get(_LEAN_CHECKPOINT_FLAG, False):
-        use_lean_checkpointing(model)
+    if mode := model.__dict__.get(_LEAN_CHECKPOINT_FLAG):
+        use_lean_checkpointing(model, offload=mode == "offload")
 
 
-def use_lean_checkpointing(model: Any) -> None:
+def use_lean_checkpointing(model: Any, offload: bool = True) -> None:
     """Swap Unsloth's offloaded checkpoint for `checkpointing.LeanCheckpoint`, which does the same with less Python.
 
-    `training_mode` calls it for `gradient_checkpointing="offload"` only, and only layers that checkpoint are
-    touched. The last checkpointed layer keeps its input on the GPU: backward needs it again at once. RNG state is
-    replayed only when a LoRA or attention dropout draws random numbers.
+    `training_mode` calls it for `gradient_checkpointing` `offload` and `gpu` (`offload=False`: every layer keeps its
+    input on the GPU), and only layers that checkpoint are touched. The last checkpointed layer keeps its input on
+    the GPU: backward needs it again at once. RNG state is replayed only when a LoRA or attention dropout draws
+    random numbers.
     """
     from titlegen.checkpointing import LeanCheckpoint, draws_random_numbers
 
@@ -292,7 +296,9 @@ def use_lean_checkpointing(model: Any) -> None:
     layers = [layer for layer in causal_lm.model.layers if getattr(layer, "gradient_checkpointing", False)]
     dropout = draws_random_numbers(causal_lm.config, layers)
     for index, layer in enumerate(layers):
-        layer._gradient_checkpointing_func = LeanCheckpoint(offload=index < len(layers) - 1, preserve_rng=dropout)
+        layer._gradient_checkpointing_func = LeanCheckpoint(
+            offload=offload and index < len(layers) - 1, preserve_rng=dropout
+        )
 
 
 # ----------------------------------------------------------------------------------------------- saving

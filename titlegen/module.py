@@ -63,15 +63,17 @@ class TitleGenModule(L.LightningModule):
             max_seq_length: longest sequence the model is prepared for (linked from data.max_seq_length).
             gradient_checkpointing: `offload` recomputes each decoder layer in backward and parks its input in
                 pinned host memory (Unsloth's method through titlegen's leaner `checkpointing.LeanCheckpoint`,
-                faster on a host-bound step); `unsloth` the same through Unsloth's own implementation; true keeps
-                the inputs on the GPU (torch's checkpoint); false stores every activation (most memory).
+                faster on a host-bound step); `gpu` the same with the inputs kept on the GPU (one layer input
+                of memory per layer, no host copies; 3% faster in one run on an H200, not yet measured under DDP);
+                `unsloth` is `offload` through Unsloth's own implementation; true keeps the inputs on the GPU
+                (torch's checkpoint); false stores every activation (most memory).
             cuda_graphs: on a GPU, replay each training step (forward, loss and backward) as a CUDA graph, one per
                 batch shape: the same kernels without the Python of thousands of launches a step. The first steps
                 (until one compiles nothing, and of each new batch size) run eagerly, with the frozen layers below
                 the first adapted one (all but one with `lora_scope: last`) replayed as graphs. Not with dropout,
-                autocast, or a gradient checkpoint other than `offload` (false is fine). Costs a memory pool for
-                one step at the largest shape and a pinned host buffer for the offloaded layer inputs. Pair it
-                with `data.pad_to_multiple_of: 64` (the default), which bounds the shapes.
+                autocast, or a gradient checkpoint other than `offload` or `gpu` (false is fine). Costs a memory
+                pool for one step at the largest shape and a pinned host buffer for the offloaded layer inputs.
+                Pair it with `data.pad_to_multiple_of: 64` (the default), which bounds the shapes.
             learning_rate: peak AdamW learning rate, reached after `warmup_steps` and decayed linearly to 0.
             weight_decay: AdamW weight decay on the LoRA weights.
             warmup_steps: linear warm-up steps.

@@ -255,8 +255,9 @@ class StepGraphs:
         }
         embeddings = model.get_input_embeddings().weight
         # Room for the input (batch x width x hidden) of every layer that offloads it, at the longest width the model
-        # takes, so that the shapes captured later fit the same arena. None with LoRA on the last layer only: the
-        # frozen layers do not checkpoint, and the last checkpointed layer keeps its input on the GPU.
+        # takes, so that the shapes captured later fit the same arena. None with LoRA on the last layer only (the
+        # frozen layers do not checkpoint, and the last checkpointed layer keeps its input on the GPU) or with the
+        # `gpu` checkpoint.
         layers = model.model.layers[prefix.first_trainable_layer(model.model) :]
         offloading = sum(
             bool(getattr(layer, "gradient_checkpointing", False))
