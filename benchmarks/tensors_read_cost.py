@@ -2,10 +2,12 @@
 
     python -m benchmarks.tensors_read_cost --layers 24
 
-It walks the model for the addresses a captured step reads (weights, buffers, 4-bit states, rotary tables). Under
-DDP, Lightning's per-step host syncs make the host's per-step work add to each step rather than overlap the GPU's,
-so this cost matters there. The model is a Qwen2 with the module structure of Qwen2.5-0.5B (24 layers, LoRA on
-q,k,v,o,gate,up,down) at a tiny width: the walk's cost depends on the number of modules and tensors, not their size.
+It walks the model for the addresses a captured step reads (weights, buffers, 4-bit states, rotary tables), before
+the replay's launch. After a per-step host wait (the NaN guard's, on one GPU too; Lightning's SIGTERM broadcast
+under DDP) the GPU idles until that launch, so this cost adds to each step (docs/performance.md, 2026-11-26g).
+
+The model is a Qwen2 with the module structure of Qwen2.5-0.5B (24 layers, LoRA on q,k,v,o,gate,up,down) at a tiny
+width: the walk's cost depends on the number of modules and tensors, not their size.
 Runs on the CPU (Unsloth's fallback loads the 4-bit model there too).
 """
 

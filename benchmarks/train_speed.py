@@ -249,16 +249,19 @@ class StepPhases(L.Callback):
     def summary(self) -> dict[str, dict[str, float]]:
         torch.cuda.synchronize()
         steps = [marks for marks in self.steps[8:] if len(marks) == len(self.MARKS)]
-        spans = [*zip(self.MARKS, self.MARKS[1:], strict=False), ("batch_end", "batch_start")]
-        out: dict[str, dict[str, float]] = {}
-        for i, (a, b) in enumerate(spans):
-            pairs = [(m[i], m[i + 1]) for m in steps] if i < len(spans) - 1 else list(zip(
-                [m[-1] for m in steps[:-1]], [m[0] for m in steps[1:]], strict=True))  # fmt: skip
-            out[f"{a}>{b}"] = {
+        spans = {
+            f"{a}>{b}": [(marks[i], marks[i + 1]) for marks in steps]
+            for i, (a, b) in enumerate(zip(self.MARKS, self.MARKS[1:], strict=False))
+        }
+        # From one step's end to the next step's start.
+        spans["batch_end>batch_start"] = [(done[-1], then[0]) for done, then in zip(steps, steps[1:], strict=False)]
+        return {
+            span: {
                 "host_ms": round(statistics.median((y[0] - x[0]) * 1e3 for x, y in pairs), 2),
                 "gpu_ms": round(statistics.median(x[1].elapsed_time(y[1]) for x, y in pairs), 2),
             }
-        return out
+            for span, pairs in spans.items()
+        }
 
 
 class NoSigtermBroadcast(L.Callback):
