@@ -138,12 +138,14 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
 
 
 # `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); scaling
-# is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm` is a diagnosis, not a setting.
+# is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm` and `-unbound` (each worker
+# importing Unsloth before its GPU is selected, as before 2026-11-26h) are diagnoses, not settings.
 DDP_ARGS = {
     "ddp": ["--ddp", "ddp"],
     "ddp-static": ["--ddp", "ddp-static"],
     "ddp-main-fit": ["--ddp", "ddp", "--as-main-fit"],
     "ddp-main-fit-no-sigterm": ["--ddp", "ddp", "--as-main-fit", "--no-sigterm-broadcast"],
+    "ddp-main-fit-unbound": ["--ddp", "ddp", "--as-main-fit", "--unbound-ranks"],
     "ddp-main-fit-gpu-checkpoint": ["--ddp", "ddp", "--as-main-fit", "--gradient-checkpointing", "gpu"],
 }
 

@@ -37,6 +37,10 @@ from benchmarks.common import (
 
 if "--no-unsloth-block-compile" in sys.argv:  # read by Unsloth when it patches the decoder layers
     os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
+if "--unbound-ranks" not in sys.argv:  # DDP workers: each one's CUDA context on its own GPU (titlegen.launch)
+    from titlegen.launch import bind_rank_gpu
+
+    bind_rank_gpu()
 if "--variant" in sys.argv and sys.argv[sys.argv.index("--variant") + 1] != "hf":
     import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
@@ -141,6 +145,8 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
             callbacks = [*callbacks, LossReadEachStep()]
         if args.no_sigterm_broadcast and callbacks:
             callbacks = [*callbacks, NoSigtermBroadcast()]
+        if args.trace and callbacks:
+            callbacks = [*callbacks, StepTrace(args.trace)]
         phases = StepPhases() if args.phases and callbacks else None
         if phases:
             callbacks = [*callbacks, phases]
@@ -264,6 +270,30 @@ class StepPhases(L.Callback):
         }
 
 
+class StepTrace(L.Callback):
+    """torch.profiler over `count` training steps from batch `first`, on every rank: one Chrome trace per rank
+    (kernels with their streams and times), to tell kernels that ran longer apart from gaps and waits."""
+
+    def __init__(self, out: Path, first: int = 12, count: int = 4) -> None:
+        self.out, self.first, self.count = out, first, count
+        self.profiler: Any = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
+        if i == self.first:
+            torch.cuda.synchronize()
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.profiler is not None and args[-1] == self.first + self.count - 1:
+            torch.cuda.synchronize()
+            self.profiler.__exit__(None, None, None)
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.profiler.export_chrome_trace(str(self.out / f"trace-rank{trainer.global_rank}.json"))
+            self.profiler = None
+
+
 class NoSigtermBroadcast(L.Callback):
     """Skips Lightning's per-step SIGTERM broadcast under DDP (`_broadcast_sigterm_tensor`: rank 0's flag sent to
     every rank and read back with `.item()`, so every step starts with the host waiting for the GPU). A diagnosis
@@ -384,6 +414,11 @@ def main() -> None:
         "--no-sigterm-broadcast", action="store_true",
         help="titlegen under DDP without Lightning's per-step SIGTERM broadcast (a diagnosis: its 2 host waits a step)",
     )  # fmt: skip
+    parser.add_argument("--trace", type=Path, help="titlegen: a profiler trace of 4 steps per rank, in this folder")
+    parser.add_argument(
+        "--unbound-ranks", action="store_true",
+        help="DDP workers import Unsloth before their GPU is selected, as main.py did until 2026-11-26h (a diagnosis)",
+    )  # fmt: skip
     parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen; default: as the scope's config pads")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
@@ -421,6 +456,7 @@ def main() -> None:
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
         ddp=args.ddp if args.devices > 1 else None, as_main_fit=args.as_main_fit,
         read_loss_each_step=args.read_loss_each_step, sigterm_broadcast=not args.no_sigterm_broadcast,
+        ranks_bound=not args.unbound_ranks,
         unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
         pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),
         checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",

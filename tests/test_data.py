@@ -244,7 +244,9 @@ def test_pin_memory_applies_only_when_asked_and_on_a_gpu(
     dm = _datamodule(tiny_model_dir, source=str(pairs_file), data_dir=str(tmp_path / "splits"), pin_memory=pin_memory)
     dm.prepare_data()
     dm.setup("fit")
-    # The loaders read only the root device of the trainer's strategy; no GPU is needed to build (not iterate) them.
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), state=None)
+    # The loaders read only the root device of the trainer's strategy and, for the training order, its ranks; no GPU
+    # is needed to build (not iterate) them.
+    strategy = SimpleNamespace(root_device=torch.device(device))
+    dm.trainer = SimpleNamespace(strategy=strategy, state=None, world_size=1, global_rank=0)
     assert dm.train_dataloader().pin_memory is pinned
     assert dm.val_dataloader().pin_memory is pinned

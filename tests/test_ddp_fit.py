@@ -28,19 +28,25 @@ SCRIPT = textwrap.dedent(
 
     class Check(L.Callback):
         tokens = []
+        lengths = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.tokens.append(int(batch["attention_mask"].sum()))
+            self.lengths.append(batch["attention_mask"].sum(1).tolist())
 
         def on_train_end(self, trainer, pl_module):
             weights = torch.cat([p.detach().flatten() for p in pl_module.parameters() if p.requires_grad])
             gathered = trainer.strategy.all_gather(weights)
             tokens = trainer.strategy.all_gather(torch.tensor(self.tokens))
+            lengths = trainer.strategy.all_gather(torch.tensor(self.lengths))
+            dataset = trainer.datamodule.datasets["train"].examples
             if trainer.is_global_zero:
                 json.dump({"rank_diff": float((gathered[0] - gathered[1]).abs().max()),
                            "lora_b_norm": float(sum(p.norm() for n, p in pl_module.named_parameters()
                                                     if "lora_B" in n)),
-                           "tokens": tokens.tolist(), "world": trainer.world_size, "steps": trainer.global_step},
+                           "tokens": tokens.tolist(), "world": trainer.world_size, "steps": trainer.global_step,
+                           "lengths": lengths.tolist(),
+                           "dataset_lengths": [len(ex.prompt_ids) + len(ex.target_ids) for ex in dataset]},
                           open(out, "w"))
 
     L.seed_everything(3407)
@@ -83,6 +89,12 @@ def test_two_process_ddp_fit_keeps_the_ranks_in_sync(tiny_llama_dir, tmp_path):
     assert result["rank_diff"] == 0.0, "DDP averaged the gradients, so both ranks hold the same weights"
     rank0, rank1 = result["tokens"]
     assert rank0 != rank1, "each rank trained on its own share of the batches"
+    # Length grouping survives Lightning's DDP: each step's two batches are one run of 8 neighbours in length order
+    # (global batches of batch_size x world). Lightning's own sampler wrapper shuffled them apart until 2026-11-26h.
+    ranked = sorted(result["dataset_lengths"], reverse=True)
+    runs = [ranked[i : i + 8] for i in range(0, len(ranked), 8)]
+    for step, (batch0, batch1) in enumerate(zip(*result["lengths"], strict=True)):
+        assert sorted(batch0 + batch1, reverse=True) in runs, f"step {step}: {batch0} and {batch1} are not one group"
 
 
 NAN_ON_ONE_RANK = textwrap.dedent(

@@ -271,7 +271,7 @@ def test_full_disk_fails_before_loading(tiny_model_dir, data, tmp_path, no_model
 
 
 # ----------------------------------------------------------------------------------------------- data position
-def test_sampler_resumes_after_the_trained_batches_once(monkeypatch):
+def test_sampler_resumes_after_the_trained_batches_once():
     lengths = [(i * 37) % 101 for i in range(50)]
     sampler = LengthGroupedSampler(lengths, batch_size=4, seed=7)
     sampler.set_epoch(1)
@@ -282,12 +282,18 @@ def test_sampler_resumes_after_the_trained_batches_once(monkeypatch):
     sampler.resume(0, 3)
     sampler.set_epoch(1)
     assert list(sampler) == whole  # a position of another epoch does not apply
-    # Under DDP the wrapper indexes len(sampler) positions: the trained ones move behind the epoch's end.
-    monkeypatch.setattr("titlegen.sampling._world_size", lambda: 2)
-    sampler.set_epoch(2)
-    whole = list(sampler)
-    sampler.resume(2, 3)
-    assert list(sampler) == whole[24:] + whole[:24]
+    # Under DDP each rank skips its own trained batches and then sees what the uninterrupted run would have, the
+    # samples topping up an uneven epoch included (51 and 49 samples), so the ranks' loaders end at the same step.
+    for n, world in ((50, 2), (51, 2), (49, 3)):
+        epoch = [(i * 37) % 101 for i in range(n)]
+        ranks = [LengthGroupedSampler(epoch, batch_size=4, seed=7, num_replicas=world, rank=r) for r in range(world)]
+        for each in ranks:
+            each.set_epoch(2)
+        whole = [list(each) for each in ranks]
+        assert {len(w) for w in whole} == {len(ranks[0])} == {-(-n // world)}
+        for each in ranks:
+            each.resume(2, 3)
+        assert [list(each) for each in ranks] == [w[12:] for w in whole], (n, world)
 
 
 @pytest.mark.parametrize(("processed", "expected"), [(0, (4, 0)), (5, (4, 5)), (30, (5, 0))])

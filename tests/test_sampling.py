@@ -6,9 +6,8 @@ import random
 
 import pytest
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DistributedSampler
 
-from titlegen import sampling
 from titlegen.data import TitleDataModule
 from titlegen.sampling import LengthGroupedSampler
 
@@ -47,21 +46,26 @@ def test_batches_pad_far_less_than_random_ones_and_the_longest_comes_first():
     assert len({min(lengths[i] for i in b) > 380 for b in grouped[:20]}) == 2
 
 
-def test_ranks_get_matching_batches_under_lightnings_ddp_wrapper(monkeypatch):
-    """Lightning deals a custom sampler's indices to the ranks in turn; each step's batches must be one group."""
-    monkeypatch.setattr(sampling, "_world_size", lambda: 2)
+def test_ranks_get_matching_batches_and_lightning_keeps_the_sampler():
+    """Each rank deals itself its share of every global group, so each step's batches on the ranks are one group.
+    Lightning replaces any training sampler that is not a DistributedSampler with a wrapper that shuffles the indices
+    it deals (what broke the grouping under DDP until 2026-11-26h); tests/test_ddp_fit.py checks a real DDP fit."""
     lengths = arxiv_like_lengths(203)
-    sampler = LengthGroupedSampler(lengths, batch_size=4, seed=1)
-    groups = sampler.batches(world_size=2)
+    ranks = [LengthGroupedSampler(lengths, batch_size=4, seed=1, num_replicas=2, rank=rank) for rank in range(2)]
+    assert all(isinstance(sampler, DistributedSampler) for sampler in ranks)
+    groups = ranks[0].batches()
+    assert groups == ranks[1].batches() and all(len(g) == 8 for g in groups[:-1])
     per_rank = []
-    for rank in range(2):
-        indices = list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False))
+    for sampler in ranks:
+        indices = list(sampler)
+        assert len(indices) == len(sampler) == 102  # ceil(203 / 2): the odd sample out is topped up
         per_rank.append([indices[i : i + 4] for i in range(0, len(indices), 4)])
-    full_groups = [g for g in groups if len(g) == 8]
-    for step, group in enumerate(full_groups):
+    for step, group in enumerate(g for g in groups if len(g) == 8):
         assert set(per_rank[0][step]) | set(per_rank[1][step]) == set(group)
     both = [i for batches in per_rank for b in batches for i in b]
     assert set(both) == set(range(203))
+    with pytest.raises(ValueError, match="Invalid rank 2"):
+        LengthGroupedSampler(lengths, batch_size=4, num_replicas=2, rank=2)
 
 
 def test_datamodule_trains_on_grouped_batches(tiny_model_dir, tmp_path, monkeypatch):

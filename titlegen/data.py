@@ -229,7 +229,10 @@ class TitleDataModule(L.LightningDataModule):
             # The seed LightningCLI's seed_everything exported, so the order is part of the run's seed.
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
             lengths = [len(ex.prompt_ids) + len(ex.target_ids) for ex in dataset.examples]
-            sampler = LengthGroupedSampler(lengths, batch_size, seed=seed)
+            # Each rank its own share: Lightning leaves a DistributedSampler as it is (see LengthGroupedSampler).
+            trainer = self.trainer
+            replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = LengthGroupedSampler(lengths, batch_size, seed=seed, num_replicas=replicas, rank=rank)
         return DataLoader(
             dataset,
             batch_size=batch_size,

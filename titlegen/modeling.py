@@ -46,11 +46,15 @@ def load_base_model(
     from unsloth import FastLanguageModel
 
     path = materialize(model_name)
+    # On a GPU Unsloth picks bf16, or fp16 on a T4. On the CPU fallback it picks bf16 where the CPU has bf16
+    # instructions (AVX512-BF16, as on the 2026-11-26 dev machine), fp32 elsewhere: fp32 always, so that a CPU run
+    # gives the same titles and losses on every machine (and batched greedy titles equal one-by-one ones).
+    dtype = None if torch.cuda.is_available() else torch.float32
     try:
         model, _ = FastLanguageModel.from_pretrained(
             model_name=path,
             max_seq_length=max_seq_length,
-            dtype=None,  # bf16 where the GPU has it, fp16 on a T4, fp32 on the CPU fallback
+            dtype=dtype,
             load_in_4bit=True,
             # Without this Unsloth swaps a known hub id for its own pre-quantized copy.
             use_exact_model_name=True,
