@@ -186,3 +186,63 @@ def test_main_py_fit_test_and_predict_on_two_processes_finish_and_write_their_ou
     assert json.loads((tested / "metrics.json").read_text())["samples"] == 7
     titles = [json.loads(line) for line in (tmp_path / "logs" / "full_lora" / "version_2" / "titles.jsonl").open()]
     assert len(titles) == 7 and all(isinstance(row["title"], str) for row in titles)
+
+
+RESUME = textwrap.dedent(
+    """
+    import unsloth  # noqa: F401  (before transformers and peft)
+    import json, os, signal, sys
+    import torch
+    from titlegen.callbacks import TrainingInterrupted
+    from titlegen.cli import main
+    from titlegen.module import TitleGenModule
+
+    mode, out, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    if mode == "interrupt":  # Ctrl+C on rank 0 alone, during global step 2
+        original = TitleGenModule.training_step
+
+        def training_step(self, batch, batch_idx):
+            loss = original(self, batch, batch_idx)
+            if self.global_step == 2 and self.global_rank == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            return loss
+
+        TitleGenModule.training_step = training_step
+    try:
+        cli = main(args + (["--ckpt_path", "last"] if mode == "resume" else []))
+    except TrainingInterrupted:
+        sys.exit(0)
+    if cli.trainer.is_global_zero:
+        torch.save({k: v.detach().clone() for k, v in cli.model.state_dict().items()}, out)
+    """
+)
+
+
+@pytest.mark.slow
+def test_an_interrupted_ddp_fit_resumes_into_the_uninterrupted_one(tiny_model_dir, tmp_path):
+    """Under DDP each rank resumes its own share of the epoch (LengthGroupedSampler deals the ranks' batches): the
+    resumed run must end with the weights of the uninterrupted one."""
+    from .test_resume import fit_args
+
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME)
+    rows = synthetic_pairs(120)
+    for i, row in enumerate(rows):  # lengths that group differently, so a wrong share or position shows
+        row["abstract"] = " ".join([row["abstract"]] * (1 + i % 3))
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "splits"
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+    def run(mode: str, run_dir: Path) -> dict[str, torch.Tensor] | None:
+        out = tmp_path / f"{mode}.pt"
+        run_on_cpu(tmp_path, script, mode, out, json.dumps(fit_args(tiny_model_dir, data, run_dir, *ddp)))
+        return torch.load(out) if out.exists() else None
+
+    reference = run("reference", tmp_path / "reference")
+    assert run("interrupt", tmp_path / "run") is None  # stopped: nothing saved by the script
+    saved = torch.load(tmp_path / "run/logs/full_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 3 and saved["TitleDataModule"] == {"train_epoch": 0, "train_batches_done": 3}
+    resumed = run("resume", tmp_path / "run")
+    assert reference is not None and resumed is not None and resumed.keys() == reference.keys()
+    scale = max(w.abs().max().item() for w in reference.values())
+    worst = max((resumed[k] - reference[k]).abs().max().item() for k in reference)
+    assert worst <= 1e-5 * scale, f"resumed weights differ by {worst / scale:.2e} (relative)"
