@@ -16,7 +16,7 @@ _NO_MODEL = {"-h", "--help", "--print_config"}
 if importlib.util.find_spec("unsloth") is not None and not _NO_MODEL.intersection(a.split("=")[0] for a in sys.argv):
     from titlegen.launch import bind_rank_gpu
 
-    bind_rank_gpu()  # a DDP worker's CUDA context on its own GPU, not GPU 0 (Unsloth's import initialises CUDA)
+    bind_rank_gpu()  # a DDP worker's CUDA context on its own GPU, not GPU 0 (the imports initialise CUDA)
     import unsloth  # noqa: F401
 
 from titlegen.cli import main  # noqa: E402 (after the unsloth import, on purpose)

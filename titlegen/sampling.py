@@ -48,19 +48,17 @@ class LengthGroupedSampler(DistributedSampler):
             raise ValueError(f"batch_size={batch_size} and window_batches={window_batches} must be positive")
         # Given both numbers, DistributedSampler only checks them and sizes the rank's share (ceil(n / replicas),
         # the last global batch topped up with samples from the epoch's start, as it does).
-        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.lengths = list(lengths)
+        super().__init__(self.lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.batch_size = batch_size
         self.window_batches = window_batches
         self._resume: tuple[int, int] | None = None
 
-    def batches(self, world_size: int | None = None) -> list[list[int]]:
-        """The epoch's global batches (each `batch_size * world_size` indices, by default the sampler's ranks),
-        longest first."""
-        world_size = self.num_replicas if world_size is None else world_size
+    def batches(self) -> list[list[int]]:
+        """The epoch's global batches (each `batch_size * num_replicas` indices), longest first."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        group = self.batch_size * world_size
+        group = self.batch_size * self.num_replicas
         window = group * self.window_batches
         full: list[list[int]] = []
         partial: list[list[int]] = []
