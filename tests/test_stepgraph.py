@@ -121,6 +121,58 @@ def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eage
     assert runner.replays == before[0] + 1 and not runner.failures
 
 
+@gpu
+def test_a_graph_serves_later_batches_with_fewer_title_positions_and_one_with_more_gets_a_new_graph(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
+    model = lora_model(model_dir, "all")
+    batch = padded_batch(model_dir, 7, "cuda")
+
+    def with_labels(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**batch, "labels": labels, "label_positions": modeling.flat_label_positions(labels)}
+
+    labelled = batch["labels"] != -100
+    fewer = batch["labels"].clone()
+    last = labelled.cumsum(1) == labelled.sum(1, keepdim=True)
+    fewer[labelled & last] = -100  # each row's last title token unlabelled
+    more = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)  # every real token a label
+    n = batch["label_positions"].numel()
+    assert n > with_labels(fewer)["label_positions"].numel() > 0
+    assert with_labels(more)["label_positions"].numel() > stepgraph.rows_for(n)
+
+    loss_and_grads(model, modeling.causal_lm_loss(model, **batch))  # builds Unsloth's rotary tables
+    for _ in range(2):  # eager (it may compile), then captured
+        loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    assert [key[-1] for key in runner.graphs] == [stepgraph.rows_for(n)] and runner.replays == 1
+
+    eager = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(fewer)))
+    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(fewer), cuda_graphs=True))
+    assert (len(runner.graphs), runner.replays) == (1, 2), "the same graph, with weight-0 rows for the rest"
+    assert_same(eager, graphed)
+
+    eager = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(more)))
+    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(more), cuda_graphs=True))
+    assert (len(runner.graphs), runner.replays) == (2, 3), "captured at once: the shape and batch size ran before"
+    assert_same(eager, graphed)
+    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    assert (len(runner.graphs), runner.replays) == (2, 4) and not runner.failures
+    assert_same(loss_and_grads(model, modeling.causal_lm_loss(model, **batch)), graphed)
+
+
+def test_a_new_graph_has_a_quarter_more_rows_than_its_batch_and_a_batch_takes_the_smallest_graph_that_fits():
+    for n in range(1, 3000):
+        rows = stepgraph.rows_for(n)
+        assert rows % stepgraph.POSITION_BUCKET == 0 and rows >= int(n * 1.25) > rows - stepgraph.POSITION_BUCKET
+    assert [stepgraph.rows_for(n) for n in (1, 102, 103, 104, 508)] == [128, 128, 128, 256, 640]
+    shape, wider = ((32, 256), torch.long, (32, 256), torch.long, 0), ((32, 320), torch.long, (32, 320), torch.long, 0)
+    graphs = {(*shape, 896): "b", (*shape, 640): "a", (*wider, 1024): "c"}
+    assert [stepgraph.smallest_fitting(graphs, shape, n) for n in (1, 640, 641, 896)] == [
+        (*shape, 640), (*shape, 640), (*shape, 896), (*shape, 896)
+    ]  # fmt: skip
+    assert stepgraph.smallest_fitting(graphs, shape, 897) is None, "another shape's larger graph does not serve it"
+    assert stepgraph.smallest_fitting(graphs, wider, 1024) == (*wider, 1024)
+
+
 def test_no_step_graphs_with_dropout_or_unsloths_checkpoint_and_none_on_the_cpu(tiny_model_dir, monkeypatch):
     with_dropout = lora_model(tiny_model_dir, "all", dropout=0.1)
     assert stepgraph.runner_of(with_dropout.get_base_model()) is None, "a replay would repeat the random numbers"

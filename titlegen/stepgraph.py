@@ -1,4 +1,4 @@
-"""A whole training step (forward, title loss and backward) replayed as one CUDA graph per batch shape.
+"""A whole training step (forward, title loss and backward) replayed as a CUDA graph per batch shape and size of title.
 
 On a 0.5B model at batch 32 the step is bound by the host, not the GPU: 24 decoder layers x 3 passes (forward,
 recompute, backward) of compiled regions, each with its guards, wrappers and ~80 kernel launches, keep the GPU
@@ -19,8 +19,10 @@ How a step runs (`StepGraphs.__call__`, called by `modeling.causal_lm_loss` when
   autograd output of the LoRA weights (`_Replayed`): its backward hands the graph's gradients to autograd, so
   Lightning's clipping, gradient accumulation and optimizer, and DDP's all-reduce hooks, see ordinary `.grad`s.
 
-A shape is the padded batch (`data.pad_to_multiple_of`) and the number of title positions, rounded up to
-`POSITION_BUCKET` with weight-0 padding rows (`losses.head_cross_entropy`'s `weights`). Graphs are dropped when a
+A shape is the padded batch (`data.pad_to_multiple_of`) and a number of title positions: a graph serves every batch
+of its padded shape with up to that many positions, the rest being weight-0 padding rows (`losses.head_cross_entropy`'s
+`weights`); a batch with more positions than any graph of its shape has gets a new graph, captured with
+`HEADROOM` (rounded up to `POSITION_BUCKET`). Graphs are dropped when a
 tensor the step reads (a weight, a buffer, a 4-bit quantization state, the rotary tables) has moved. Steps run
 eagerly on the CPU, with dropout (a replay would repeat the captured random numbers), under autocast, with trainable
 embeddings, with a gradient checkpoint other than `LeanCheckpoint` (none is fine), past `max_graphs` shapes, and
@@ -42,8 +44,17 @@ from titlegen.checkpointing import LeanCheckpoint, PinnedArena, draws_random_num
 
 log = logging.getLogger(__name__)
 ATTRIBUTE = "_titlegen_step_graphs"  # where a CausalLM keeps its StepGraphs between steps
-# Title positions a step computes the LM head for, rounded up to this: about 550 at batch 32, so 2 or 3 buckets.
+# A batch's title positions (about 510 at batch 32 on the arXiv titles, varying by some 7% between batches of one
+# width) vary more than its padded width, and a graph per 128 positions cost a capture per (width, bucket) pair:
+# about 4 steps' time each, which under DDP every rank waits for. A graph is captured with room for 25% more than
+# the batch that asked for it, in multiples of POSITION_BUCKET, and serves every later batch of its width that fits.
+# On the benchmark's 16,384 arXiv samples at batch 32 (SmolLM2's tokenizer, counted on the CPU): 7 graphs instead of
+# 16 on one GPU, and under 2-rank DDP 7 steps with a new graph on some rank instead of 21 (the ranks' widths agree,
+# their position counts did not). The padding rows cost the LM head and loss about 190 positions a step beyond the
+# batch's own, some 130 more than the per-128 buckets did.
 POSITION_BUCKET = 128
+HEADROOM = 1.25
+Key = tuple[Any, ...]  # a graph's: the batch's shapes, dtypes and device, then its rows of title positions
 StepBody = Callable[..., torch.Tensor]  # (input_ids, attention_mask, positions, targets, weights) -> mean loss
 
 
@@ -109,6 +120,18 @@ def _compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def rows_for(positions: int) -> int:
+    """The title positions a new graph is captured for: `positions` x `HEADROOM`, rounded down to an integer, then
+    up to whole `POSITION_BUCKET`s."""
+    return max(1, -(-int(positions * HEADROOM) // POSITION_BUCKET)) * POSITION_BUCKET
+
+
+def smallest_fitting(graphs: dict[Key, Any], shape: Key, positions: int) -> Key | None:
+    """The key (`shape` + rows) of the graph with the fewest rows that still holds `positions`; None if none does."""
+    fitting = [key for key in graphs if key[:-1] == shape and key[-1] >= positions]
+    return min(fitting, key=lambda key: key[-1]) if fitting else None
+
+
 def runner_of(causal_lm: torch.nn.Module) -> StepGraphs | None:
     """The model's StepGraphs, kept across steps; None where a step cannot be graphed."""
     runner = causal_lm.__dict__.get(ATTRIBUTE)
@@ -131,14 +154,15 @@ def runner_of(causal_lm: torch.nn.Module) -> StepGraphs | None:
 
 
 class StepGraphs:
-    """Captures and replays `body` plus its backward, one CUDA graph per batch shape, for the LoRA weights `params`."""
+    """Captures and replays `body` plus its backward, as CUDA graphs keyed by batch shape and rows of title positions,
+    for the LoRA weights `params`."""
 
     def __init__(self, params: list[torch.Tensor], max_graphs: int = 32) -> None:
         self.params = params
         self.grads = [torch.zeros_like(p) for p in params]  # every graph accumulates into these
         self.max_graphs = max_graphs
-        self.graphs: dict[Any, _Graph] = {}
-        self.seen: set[Any] = set()
+        self.graphs: dict[Key, _Graph] = {}
+        self.seen: set[Key] = set()  # batch shapes (no rows) that ran eagerly
         self.reads: tuple[int, ...] | None = None
         self.stream: torch.cuda.Stream | None = None
         self.pool: Any = None
@@ -149,6 +173,7 @@ class StepGraphs:
         self.batch_sizes: set[int] = set()  # batch sizes that ran eagerly: a new one may compile
         self.failures = 0  # failed captures; after one, every step runs eagerly
         self.replays = 0  # for tests and benchmarks, and to pair each backward with its replay
+        self.captures = 0  # for benchmarks: graphs captured, also those dropped since
         self._told_cap = False
 
     def __call__(
@@ -181,20 +206,23 @@ class StepGraphs:
             self.settled = _compiled_graphs() == self._compiles_before
             self._compiles_before = None
         n = positions.shape[0]
-        rows = max(1, -(-n // POSITION_BUCKET)) * POSITION_BUCKET
-        key = (tuple(input_ids.shape), input_ids.dtype, tuple(attention_mask.shape), attention_mask.dtype, rows,
-               input_ids.device.index)  # fmt: skip
-        entry = self.graphs.get(key)
+        shape = (tuple(input_ids.shape), input_ids.dtype, tuple(attention_mask.shape), attention_mask.dtype,
+                 input_ids.device.index)  # fmt: skip
+        key = smallest_fitting(self.graphs, shape, n)
+        entry = self.graphs[key] if key is not None else None
         if entry is None:
             # A new batch size (an epoch's last, smaller batch) may make torch.compile recompile: eagerly first.
             ready = self.settled and input_ids.shape[0] in self.batch_sizes
-            if not (ready or key in self.seen) or not self._room_for_another():
-                self.seen.add(key)
+            if not (ready or shape in self.seen) or not self._room_for_another():
+                self.seen.add(shape)
                 self.batch_sizes.add(input_ids.shape[0])
                 self._compiles_before = _compiled_graphs()
                 return None
+            rows = rows_for(n)
+            key = (*shape, rows)
             try:
                 entry = self.graphs[key] = self._capture(model, body, input_ids, attention_mask, rows)
+                self.captures += 1
             except Exception as err:  # noqa: BLE001 (an op that cannot be captured)
                 # Not retried: an aborted capture can leave the allocator's graph pools in a state that a second
                 # one would build on.
@@ -231,7 +259,7 @@ class StepGraphs:
             return True
         if not self._told_cap:
             self._told_cap = True
-            log.info("More than %d training batch shapes: the others run without CUDA graphs"
+            log.info("More than %d training step graphs: further batch shapes run without CUDA graphs"
                      " (--data.pad_to_multiple_of 64 makes fewer shapes).", self.max_graphs)  # fmt: skip
         return False
 
