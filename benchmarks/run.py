@@ -189,24 +189,17 @@ def syncs_per_step(r: dict[str, Any]) -> str:
     return f"{r['host_syncs'] / max(1, r['steps']):.2f}" if "host_syncs" in r else "-"
 
 
-def replayed_tokens_per_sec(r: dict[str, Any]) -> float:
-    """Tokens/s over the steps that every rank replayed as a captured graph: the speed of a long run, without the
-    eager step or capture that each new batch shape costs, which every rank waits for (`FitTimer`). The first files
-    of 2026-11-27 counted rank 0's steps and tokens only: scaled to the run's tokens, their figure is approximate."""
-    replay = r["step_kinds"].get("replay", {"tokens": 0, "seconds": 0.0})
-    counted = sum(kind["tokens"] for kind in r["step_kinds"].values())
-    return replay["tokens"] * (r["tokens"] / max(counted, 1)) / max(replay["seconds"], 1e-9)
-
-
-TPS = "tokens_per_sec"
-
-
 def replayed_speed(r: dict[str, Any]) -> dict[str, float] | None:
-    """{"tokens_per_sec": `replayed_tokens_per_sec`} where the step kinds were recorded and each step's lap is its
-    time: not for `--no-step-waits` runs, whose host runs ahead of the GPU."""
+    """{"tokens_per_sec": ...} over the steps that every rank replayed as a captured graph: the speed of a long run,
+    without the eager step or capture that each new batch shape costs, which every rank waits for (`FitTimer`). None
+    without step kinds, or for `--no-step-waits` runs, whose host runs ahead of the GPU (a lap is then not a step's
+    time). The first files of 2026-11-27 counted rank 0's steps and tokens only: scaled to the run's tokens, their
+    figure is approximate."""
     if "step_kinds" not in r or not r.get("step_waits", True):
         return None
-    return {"tokens_per_sec": replayed_tokens_per_sec(r)}
+    replay = r["step_kinds"].get("replay", {"tokens": 0, "seconds": 0.0})
+    counted = sum(kind["tokens"] for kind in r["step_kinds"].values())
+    return {"tokens_per_sec": replay["tokens"] * (r["tokens"] / max(counted, 1)) / max(replay["seconds"], 1e-9)}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -245,10 +238,11 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | | | | |")
                 continue
             replayed, replayed_one = replayed_speed(r), replayed_speed(one)
+            replayed_cell = f"{replayed['tokens_per_sec']:,.0f}" if replayed else "-"
             setup = sum(k["seconds"] for kind, k in r.get("step_kinds", {}).items() if kind != "replay")
             lines.append(
                 f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} |"
-                f" {f'{replayed[TPS]:,.0f}' if replayed else '-'} | {ratio(replayed, replayed_one)} |"
+                f" {replayed_cell} | {ratio(replayed, replayed_one)} |"
                 f" {f'{setup:.1f}' if replayed else '-'} | {r['peak_gib']:.2f} |"
                 f" {r.get('step_ms_median', '-')} | {syncs_per_step(r)} |"
                 f" {r.get('lora_max_rank_diff', '-') if r is not one else ''} |"

@@ -334,13 +334,13 @@ class FitTimer(L.Callback):
 
     def __init__(self) -> None:
         self.watch = Stopwatch()
-        self.tokens: torch.Tensor | int = 0  # a GPU tensor while running: int() on each step would sync the GPU
         self.steps = 0
         self.stopped = False
         self.result: dict[str, Any] = {}
-        # Each step's kind on this rank (0: a graph replayed, 1: a new graph captured, 2: eager) and tokens: a pass of
-        # a few hundred steps pays an eager step or a capture per new batch shape, and under DDP every rank waits for
-        # any rank's; steps that all ranks replayed are what the rest of a long run costs.
+        # Each step's kind on this rank (0: a graph replayed, 1: a new graph captured, 2: eager) and tokens (GPU
+        # tensors while running: int() on each step would sync the GPU). A pass of a few hundred steps pays an eager
+        # step or a capture per new batch shape, and under DDP every rank waits for any rank's; steps that all ranks
+        # replayed are what the rest of a long run costs.
         self.kinds: list[int] = []
         self.step_tokens: list[torch.Tensor] = []
         self._graphs_before = (0, 0)
@@ -353,9 +353,7 @@ class FitTimer(L.Callback):
         self._graphs_before = graph_state(pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
-        tokens = batch["attention_mask"].sum()
-        self.tokens = tokens + self.tokens
-        self.step_tokens.append(tokens)
+        self.step_tokens.append(batch["attention_mask"].sum())
         self.steps += 1
         self.watch.lap()
         (captures, replays), (captures_before, replays_before) = graph_state(pl_module), self._graphs_before
@@ -376,7 +374,6 @@ class FitTimer(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop()
         strategy = trainer.strategy
-        tokens = int(strategy.reduce(torch.as_tensor(self.tokens, device=pl_module.device).float(), reduce_op="sum"))
         weights = torch.cat([p.detach().float().flatten() for p in pl_module.parameters() if p.requires_grad])
         gathered = strategy.all_gather(weights).reshape(trainer.world_size, -1)
         # Every rank ran the same number of steps (DistributedSampler's even shares).
@@ -386,6 +383,7 @@ class FitTimer(L.Callback):
         step_tokens = torch.stack(self.step_tokens) if self.step_tokens else no_steps
         kinds = strategy.all_gather(kinds).reshape(trainer.world_size, -1)
         step_tokens = strategy.all_gather(step_tokens).reshape(trainer.world_size, -1).sum(0)
+        tokens = int(step_tokens.sum())
         # A step's kind for the run: replayed on every rank, else a capture on some rank, else eager on some rank.
         kind = torch.where((kinds == 0).all(0), 0, torch.where((kinds == 1).any(0), 1, 2)).tolist()
         self.result = {
