@@ -157,7 +157,7 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         build = main_fit if args.as_main_fit and callbacks else bare_fit
         trainer, module, datamodule = build(args, data_file, warm_file)
         if args.no_step_waits and callbacks:
-            from titlegen.callbacks import GracefulStop, NonFiniteLossGuard
+            from titlegen.stopping import GracefulStop, NonFiniteLossGuard
 
             waits = (GracefulStop, NonFiniteLossGuard)
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, waits)]

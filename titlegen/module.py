@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen import modeling
@@ -214,7 +215,12 @@ class TitleGenModule(L.LightningModule):
         if not params:
             return None
         hp = self.hparams
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        # Fused: one kernel for all LoRA tensors, and it can skip an update on the device (`found_inf`), which lets
+        # stopping.NonFiniteLossGuard check the loss without making each step wait for the GPU. Not under Lightning's
+        # mixed precision, which refuses gradient clipping with a fused optimizer (GradScaler skips bad steps there).
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        fused = params[0].device.type in ("cuda", "cpu", "mps", "xpu") and not mixed
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(hp.warmup_steps, total - 1)
 

@@ -1,8 +1,9 @@
-"""GPU scalars read on the host without making the host wait for the GPU."""
+"""GPU values read on the host without making it wait for the GPU: the newest that has landed, or one step late."""
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import torch
 
@@ -37,3 +38,42 @@ class LatestValue:
         while self._pending and self._pending[0][1].query():
             self._latest = self._pending.popleft()[0]
         return self._latest
+
+
+class Deferred:
+    """Per-step GPU values read on the host one step late, for decisions every rank must take at the same step.
+
+    A decision read in the step that computes its value waits for that step's kernels, and the GPU then idles while
+    the host prepares the next step (docs/performance.md, 2026-11-27b). Each value is copied to pinned
+    host memory behind its kernels; `earlier()`, called after the next step's kernels are queued, returns the values
+    pushed before that newest one: if it waits at all, the GPU still has the newest step's work queued.
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[tuple[Any, torch.Tensor, torch.cuda.Event | None]] = deque()
+
+    def push(self, value: torch.Tensor, tag: Any = None) -> None:
+        """Queue the copy of `value` (read later, with `tag`: what the reader needs to know about its step)."""
+        value = value.detach()
+        if value.device.type != "cuda":
+            self._pending.append((tag, value.to("cpu", copy=True), None))
+            return
+        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record(torch.cuda.current_stream(value.device))
+        self._pending.append((tag, host, landed))
+
+    def earlier(self) -> list[tuple[Any, torch.Tensor]]:
+        """(tag, value) of every value pushed before the newest one, oldest first, each read once."""
+        return [self._take() for _ in range(len(self._pending) - 1)]
+
+    def drain(self) -> list[tuple[Any, torch.Tensor]]:
+        """(tag, value) of every value not read yet, the newest included: for the end of a run."""
+        return [self._take() for _ in range(len(self._pending))]
+
+    def _take(self) -> tuple[Any, torch.Tensor]:
+        tag, host, landed = self._pending.popleft()
+        if landed is not None and not landed.query():
+            landed.synchronize()
+        return tag, host
