@@ -229,3 +229,15 @@ def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_fi
     # replay captured steps: two batch shapes here, each captured the first time it comes after that.
     runner = modeling.unwrapped(module.model).__dict__[stepgraph.ATTRIBUTE]
     assert runner.graphs and runner.replays >= 4 and not runner.failures
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
+def test_adamw_is_fused_except_under_mixed_precision(monkeypatch, precision, fused):
+    # Fused, the NaN guard can skip a bad update on the device; Lightning's mixed precision refuses gradient clipping
+    # (on by default in the configs) with a fused optimizer, and its GradScaler skips bad steps itself.
+    monkeypatch.setattr(L.Trainer, "estimated_stepping_batches", property(lambda self: 10))
+    module = TitleGenModule(model_name="unused")
+    module.model = torch.nn.Linear(2, 2)
+    module.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults["fused"]) is fused
