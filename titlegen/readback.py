@@ -8,6 +8,20 @@ from typing import Any
 import torch
 
 
+def _copy_to_host(value: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A host copy of `value` and, for a CUDA tensor, the event after which it has landed: the copy goes to pinned
+    memory behind the kernels that compute the value, without a wait. Elsewhere a plain copy (on the CPU nothing to
+    wait for; on MPS a waiting one) and None."""
+    value = value.detach()
+    if value.device.type != "cuda":
+        return value.to("cpu", copy=True), None
+    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+    host.copy_(value, non_blocking=True)
+    landed = torch.cuda.Event()
+    landed.record(torch.cuda.current_stream(value.device))  # the stream the copy was queued on
+    return host, landed
+
+
 class LatestValue:
     """The newest of a stream of GPU scalars whose kernels have finished, as a CPU tensor.
 
@@ -23,15 +37,11 @@ class LatestValue:
         self._latest: torch.Tensor | None = None
 
     def push(self, value: torch.Tensor) -> None:
-        value = value.detach()
-        if value.device.type != "cuda":  # on the CPU nothing to wait for; elsewhere (MPS) a plain, waiting copy
-            self._latest = value.to("cpu", copy=True)
-            return
-        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-        host.copy_(value, non_blocking=True)
-        landed = torch.cuda.Event()
-        landed.record(torch.cuda.current_stream(value.device))  # the stream the copy was queued on
-        self._pending.append((host, landed))
+        host, landed = _copy_to_host(value)
+        if landed is None:
+            self._latest = host
+        else:
+            self._pending.append((host, landed))
 
     def latest(self) -> torch.Tensor | None:
         """The newest value whose copy has finished, or None before the first one has."""
@@ -54,15 +64,7 @@ class Deferred:
 
     def push(self, value: torch.Tensor, tag: Any = None) -> None:
         """Queue the copy of `value` (read later, with `tag`: what the reader needs to know about its step)."""
-        value = value.detach()
-        if value.device.type != "cuda":
-            self._pending.append((tag, value.to("cpu", copy=True), None))
-            return
-        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-        host.copy_(value, non_blocking=True)
-        landed = torch.cuda.Event()
-        landed.record(torch.cuda.current_stream(value.device))
-        self._pending.append((tag, host, landed))
+        self._pending.append((tag, *_copy_to_host(value)))
 
     def earlier(self) -> list[tuple[Any, torch.Tensor]]:
         """(tag, value) of every value pushed before the newest one, oldest first, each read once."""

@@ -74,6 +74,11 @@ def any_rank(flag: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
     return flag
 
 
+def _restore_sigterm_broadcast(trainer: L.Trainer) -> None:
+    """Remove GracefulStop's stand-in for Lightning's per-step SIGTERM broadcast, where it installed one."""
+    trainer.fit_loop.epoch_loop.__dict__.pop("_broadcast_sigterm_tensor", None)
+
+
 class GracefulStop(L.Callback):
     """SIGINT (Ctrl+C) or SIGTERM during `fit`: finish the running step, save `last.ckpt`, exit non-zero.
 
@@ -143,33 +148,35 @@ class GracefulStop(L.Callback):
             if self.received is not None:
                 self._stop(trainer)
             return
-        # `torch.full` writes the flag on the device without a host-to-GPU copy.
-        flag = torch.full((), int(self.received is not None), device=pl_module.device)
-        self._decisions.push(any_rank(flag, trainer))
+        self._decisions.push(self._any_rank_received(trainer, pl_module))
         if any(bool(value) for _, value in self._decisions.earlier()):
             self._stop(trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         if not self._distributed or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
-        flag = torch.full((), int(self.received is not None), device=pl_module.device)
-        if bool(any_rank(flag, trainer)):  # a wait, but validation's generation waits for the GPU anyway
+        if bool(self._any_rank_received(trainer, pl_module)):  # a wait, but generation waits for the GPU anyway
             # Lightning's own stop, as on one process, now on every rank at once: it raises SIGTERMException after
             # this batch (after the validation, if this was its last), at a point a resume continues from.
             self._decided = True
             trainer._signal_connector.received_sigterm = True
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.fit_loop.epoch_loop.__dict__.pop("_broadcast_sigterm_tensor", None)
+        _restore_sigterm_broadcast(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        trainer.fit_loop.epoch_loop.__dict__.pop("_broadcast_sigterm_tensor", None)
+        _restore_sigterm_broadcast(trainer)
         # Lightning itself stops a running validation (SIGTERMException) between two batches: on one process on the
         # signal, under DDP on the ranks' decision above. Save the state there too. Not on a second Ctrl+C
         # (KeyboardInterrupt), which may come in the middle of a step.
         stopping = self.received is not None or self._decided
         if isinstance(exception, SIGTERMException) and stopping and trainer.global_step > 0:
             self.saved = save_last_checkpoint(trainer)
+
+    def _any_rank_received(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        """Whether any rank has received a signal, queued on the device, not read. `torch.full` writes the flag on the
+        device without a host-to-GPU copy."""
+        return any_rank(torch.full((), int(self.received is not None), device=pl_module.device), trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
         # A NaN the guard has not read yet (its update was skipped) is the news, not the signal.
@@ -228,9 +235,7 @@ class NonFiniteLossGuard(L.Callback):
             return
         optimizer.found_inf = bad  # the fused kernel leaves weights, moments and step counts as they are if 1
         self._pending.push(torch.stack([bad, loss]), where)
-        for earlier, (was_bad, local) in self._pending.earlier():
-            if was_bad:
-                self._stop(trainer, pl_module, earlier, float(local), late=True)
+        self._stop_at_first_bad(trainer, pl_module, self._pending.earlier())
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
@@ -243,9 +248,14 @@ class NonFiniteLossGuard(L.Callback):
 
     def check_pending(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Read every flag not read yet, the newest included; stop if one was bad. Every rank must call it."""
-        for earlier, (was_bad, local) in self._pending.drain():
+        self._stop_at_first_bad(trainer, pl_module, self._pending.drain())
+
+    def _stop_at_first_bad(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, read: list[tuple[Any, torch.Tensor]]
+    ) -> None:
+        for where, (was_bad, local) in read:
             if was_bad:
-                self._stop(trainer, pl_module, earlier, float(local), late=True)
+                self._stop(trainer, pl_module, where, float(local), late=True)
 
     def _stop(
         self, trainer: L.Trainer, pl_module: L.LightningModule, where: tuple[int, int, int], local: float, late: bool
