@@ -40,6 +40,7 @@ VARIANT_ARGS = {
     "titlegen-loss-read-each-step": ["--variant", "titlegen", "--read-loss-each-step"],
     "titlegen-main-fit-gpu-checkpoint": ["--variant", "titlegen", "--as-main-fit", "--gradient-checkpointing", "gpu"],
     "titlegen-main-fit-no-step-waits": ["--variant", "titlegen", "--as-main-fit", "--no-step-waits"],
+    "titlegen-main-fit-traced-mlp": ["--variant", "titlegen", "--as-main-fit", "--traced-lora-mlp"],
 }
 
 
@@ -154,6 +155,7 @@ DDP_ARGS = {
     "ddp-main-fit-gpu-checkpoint": ["--ddp", "ddp", "--as-main-fit", "--gradient-checkpointing", "gpu"],
     "ddp-main-fit-no-step-waits": ["--ddp", "ddp", "--as-main-fit", "--no-step-waits"],
     "ddp-main-fit-no-buffer-broadcast": ["--ddp", "ddp-no-buffer-broadcast", "--as-main-fit"],
+    "ddp-main-fit-traced-mlp": ["--ddp", "ddp", "--as-main-fit", "--traced-lora-mlp"],
 }
 
 

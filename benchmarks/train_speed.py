@@ -454,6 +454,10 @@ def main() -> None:
         help="UNSLOTH_BLOCK_COMPILE=0: Unsloth's decoder layers run eagerly, not as compiled regions",
     )
     parser.add_argument("--pin-memory", action="store_true", help="titlegen with --data.pin_memory true")
+    parser.add_argument(
+        "--traced-lora-mlp", action="store_true",
+        help="titlegen with Unsloth's fused LoRA MLP traced into its compiled blocks, as before 2026-11-27c",
+    )  # fmt: skip
     parser.add_argument("--as-main-fit", action="store_true", help="titlegen with main.py fit's per-step extras")
     parser.add_argument(
         "--read-loss-each-step", action="store_true", help="titlegen reading its loss on the host after every step"
@@ -494,6 +498,10 @@ def main() -> None:
     # that the raw loop's long random warm-up batches had already paid for (2026-11-26d).
     items = examples(measured, args.model)
     warm += [measured[i] for i in by_length(items, list(range(len(items))))[-args.batch_size * args.devices :]]
+    if args.traced_lora_mlp:
+        from titlegen import modeling
+
+        modeling.run_lora_mlp_eagerly = lambda model: 0
     if args.variant == "titlegen":
         # Each rank writes the same files; the names carry the pid of the launching process, so ranks agree.
         tag = os.environ.get("TITLEGEN_BENCH_TAG", str(os.getpid()))
@@ -514,6 +522,7 @@ def main() -> None:
         sigterm_broadcast=not (args.no_sigterm_broadcast or args.no_step_waits),
         ranks_bound=not args.unbound_ranks,
         unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
+        eager_lora_mlp=args.variant == "titlegen" and not args.traced_lora_mlp,
         pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),
         checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",
         cuda_graphs=args.variant == "titlegen" and not args.no_cuda_graphs,

@@ -64,13 +64,15 @@ def build_tokenizer(vocab_size: int = 300):
     return fast
 
 
-def build_tiny_model(directory: Path, arch: str = "qwen2", layers: int = 2, initializer_range: float = 0.02) -> Path:
+def build_tiny_model(
+    directory: Path, arch: str = "qwen2", layers: int = 2, initializer_range: float = 0.02, intermediate_size: int = 128
+) -> Path:
     """A random 2-layer, hidden-64 model saved with its tokenizer: loads in ~0.1 s, trains LoRA on the CPU."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     tokenizer = build_tokenizer()
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=intermediate_size, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"), initializer_range=initializer_range,

@@ -7,6 +7,7 @@ without it; `main.py` (and the test suite) import it first when it is installed,
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -147,7 +148,34 @@ def apply_lora(
     )
     if gradient_checkpointing in LEAN_CHECKPOINTS:
         peft_model.__dict__[_LEAN_CHECKPOINT_FLAG] = gradient_checkpointing
+    run_lora_mlp_eagerly(peft_model)
     return peft_model
+
+
+def run_lora_mlp_eagerly(model: Any) -> int:
+    """Take Unsloth's fused LoRA MLP out of its compiled decoder blocks, so that its backward works in place.
+
+    Unsloth compiles each decoder layer as one torch.compile region, and on torch >= 2.11 traces its fused LoRA MLP
+    (`fast_lora.LoRA_MLP`) into it. Traced, the SwiGLU backward's in-place Triton kernel is functionalized: it
+    writes three new [batch, seq, intermediate] tensors next to the two the forward saved and the gradient of h.
+    Those six (152 MiB each at batch 32 x 512 on Qwen2.5-0.5B) are the peak of a training step. Run eagerly, the
+    kernel overwrites the forward's tensors instead. The MLP's input is not overwritten (`inplace=False`): the
+    compiled part of the block may have saved it for its own backward. Returns the number of MLPs changed (none on
+    the CPU, where Unsloth does not fuse the MLP).
+    """
+    from unsloth.kernels import fast_lora
+
+    changed = 0
+    for layer in unwrapped(model).model.layers:
+        forward = layer.mlp.__dict__.get("forward")
+        if getattr(forward, "__func__", None) is not fast_lora.apply_lora_mlp_swiglu:
+            continue
+        eager = torch._dynamo.disable(functools.partial(fast_lora.apply_lora_mlp_swiglu, inplace=False))
+        # Unsloth recognises its fused MLPs by `forward.__func__.func` (its FSDP and DeepSpeed checks).
+        eager.func = fast_lora.apply_lora_mlp_swiglu
+        layer.mlp.forward = types.MethodType(eager, layer.mlp)
+        changed += 1
+    return changed
 
 
 def unwrapped(model: Any) -> Any:
