@@ -201,13 +201,16 @@ RESUME = textwrap.dedent(
     from titlegen.module import TitleGenModule
 
     mode, out, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    if mode == "interrupt":  # Ctrl+C on rank 0 (Lightning's launcher passes it on to rank 1), during global step 2
-        original = TitleGenModule.training_step
+    # During global step 2: Ctrl+C on rank 0 (Lightning's launcher passes it on to rank 1), or a scheduler's SIGTERM
+    # to rank 1 alone (only the ranks' decision tells rank 0).
+    signalled = {"interrupt": (0, signal.SIGINT), "terminate-rank1": (1, signal.SIGTERM)}
+    if mode in signalled:
+        original, (rank, signum) = TitleGenModule.training_step, signalled[mode]
 
         def training_step(self, batch, batch_idx):
             loss = original(self, batch, batch_idx)
-            if self.global_step == 2 and self.global_rank == 0:
-                os.kill(os.getpid(), signal.SIGINT)
+            if self.global_step == 2 and self.global_rank == rank:
+                os.kill(os.getpid(), signum)
             return loss
 
         TitleGenModule.training_step = training_step
@@ -262,6 +265,12 @@ def test_an_interrupted_ddp_fit_resumes_into_the_uninterrupted_one(tiny_model_di
     # Ctrl+C came during step 2; the ranks read their reduced stop flags one step late, so they stop after step 3.
     assert saved["global_step"] == 4 and saved["TitleDataModule"] == {"train_epoch": 0, "train_batches_done": 4}
     assert_ends_like(run("resume", tmp_path / "run"), reference)
+
+    # SIGTERM to rank 1 alone: rank 0 learns of it from the all-reduced flag, and both stop where Ctrl+C stopped them.
+    assert run("terminate-rank1", tmp_path / "rank1") is None
+    saved = torch.load(tmp_path / "rank1/logs/full_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and saved["TitleDataModule"] == {"train_epoch": 0, "train_batches_done": 4}
+    assert_ends_like(run("resume", tmp_path / "rank1"), reference)
 
     # During a validation the ranks decide at once (validation waits for the GPU anyway), after the batch that ran.
     validation = [

@@ -30,7 +30,7 @@ def fuse_mlps_as_unsloth_does(model) -> list[torch.nn.Module]:
     return mlps
 
 
-def test_the_fused_mlp_leaves_the_compiled_block_keeps_its_input_and_unsloth_still_sees_it(tiny_model_dir):
+def test_the_fused_mlp_leaves_the_compiled_block_keeps_its_input_intact_and_unsloth_still_sees_it(tiny_model_dir):
     from unsloth.kernels import fast_lora
     from unsloth.models.llama import _fused_lora_modules
 
@@ -42,7 +42,7 @@ def test_the_fused_mlp_leaves_the_compiled_block_keeps_its_input_and_unsloth_sti
         assert function._torchdynamo_disable, "traced into the block, the SwiGLU backward is not in place"
         inner = function._torchdynamo_orig_callable
         assert (inner.func, inner.keywords) == (fast_lora.apply_lora_mlp_swiglu, {"inplace": False})
-    # Unsloth's FSDP and DeepSpeed checks find the fused MLPs through `forward.__func__.func`.
+    # Unsloth's later checks (the FSDP decline) find the fused MLPs through `forward.__func__.func`.
     assert {id(m) for m in mlps} <= {id(m) for m in _fused_lora_modules(model)}
     assert modeling.run_lora_mlp_eagerly(model) == 0, "a second call must not wrap the wrapper"
 

@@ -171,7 +171,7 @@ def run_lora_mlp_eagerly(model: Any) -> int:
         if getattr(forward, "__func__", None) is not fast_lora.apply_lora_mlp_swiglu:
             continue
         eager = torch._dynamo.disable(functools.partial(fast_lora.apply_lora_mlp_swiglu, inplace=False))
-        # Unsloth recognises its fused MLPs by `forward.__func__.func` (its FSDP and DeepSpeed checks).
+        # Unsloth's later checks (`_fused_lora_modules`, its FSDP decline) find fused MLPs by `forward.__func__.func`.
         eager.func = fast_lora.apply_lora_mlp_swiglu
         layer.mlp.forward = types.MethodType(eager, layer.mlp)
         changed += 1
