@@ -119,7 +119,7 @@ class GracefulStop(L.Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         lightning_sigterm = signal.getsignal(signal.SIGTERM)
-        launcher = getattr(trainer.strategy, "launcher", None)
+        launcher = getattr(trainer.strategy, "launcher", None) if trainer is not None else None
 
         def handler(signum: int, frame: Any) -> None:
             if self.received is not None and signum == signal.SIGINT:
