@@ -146,6 +146,8 @@ def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str
 # importing Unsloth before its GPU is selected, as before 2026-11-26h), `-no-step-waits` (no NaN guard, no stop-signal
 # decisions, against `titlegen-main-fit-no-step-waits`: the bound for the non-waiting ones of 2026-11-27b) and
 # `-no-buffer-broadcast` (DDP's per-forward broadcast of rank 0's buffers skipped) are diagnoses, not settings.
+# `-traced-mlp` and `-ddp-reducer` (DDP's own reducer averaging the gradients, not `titlegen.gradsync`) are the
+# code before.
 DDP_ARGS = {
     "ddp": ["--ddp", "ddp"],
     "ddp-static": ["--ddp", "ddp-static"],
@@ -156,6 +158,7 @@ DDP_ARGS = {
     "ddp-main-fit-no-step-waits": ["--ddp", "ddp", "--as-main-fit", "--no-step-waits"],
     "ddp-main-fit-no-buffer-broadcast": ["--ddp", "ddp-no-buffer-broadcast", "--as-main-fit"],
     "ddp-main-fit-traced-mlp": ["--ddp", "ddp", "--as-main-fit", "--traced-lora-mlp"],
+    "ddp-main-fit-ddp-reducer": ["--ddp", "ddp", "--as-main-fit", "--ddp-reducer"],
 }
 
 

@@ -395,6 +395,8 @@ class FitTimer(L.Callback):
             **self.watch.details(),
             **step_graph_counts(pl_module),
             "step_kinds": step_kinds(kind, self.watch.laps, step_tokens.tolist()),
+            # Who averaged the gradients: FlatGradientSync (titlegen.gradsync) or NoneType (DDP's reducer, one GPU).
+            "gradient_sync": type(getattr(pl_module, "_grad_sync", None)).__name__,
         }  # fmt: skip
 
 
@@ -458,6 +460,11 @@ def main() -> None:
         "--traced-lora-mlp", action="store_true",
         help="titlegen with Unsloth's fused LoRA MLP traced into its compiled blocks, as before 2026-11-27c",
     )  # fmt: skip
+    parser.add_argument(
+        "--ddp-reducer", action="store_true",
+        help="titlegen under DDP with DDP's own reducer averaging the gradients (a copy per tensor into its buckets and"
+        " back), as before 2026-11-27d, not titlegen.gradsync's one all-reduce",
+    )  # fmt: skip
     parser.add_argument("--as-main-fit", action="store_true", help="titlegen with main.py fit's per-step extras")
     parser.add_argument(
         "--read-loss-each-step", action="store_true", help="titlegen reading its loss on the host after every step"
@@ -502,6 +509,10 @@ def main() -> None:
         from titlegen import modeling
 
         modeling.run_lora_mlp_eagerly = lambda model: 0
+    if args.ddp_reducer:  # in main(): Lightning's launcher runs this script again for rank 1
+        from titlegen import gradsync
+
+        gradsync.take_over = lambda strategy, params: None
     if args.variant == "titlegen":
         # Each rank writes the same files; the names carry the pid of the launching process, so ranks agree.
         tag = os.environ.get("TITLEGEN_BENCH_TAG", str(os.getpid()))

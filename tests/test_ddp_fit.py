@@ -29,8 +29,11 @@ SCRIPT = textwrap.dedent(
     class Check(L.Callback):
         tokens = []
         lengths = []
+        reducer_flags = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.flat_sync = type(pl_module._grad_sync).__name__
+            self.reducer_flags.append(trainer.strategy.model.require_backward_grad_sync)
             self.tokens.append(int(batch["attention_mask"].sum()))
             self.lengths.append(batch["attention_mask"].sum(1).tolist())
 
@@ -45,6 +48,7 @@ SCRIPT = textwrap.dedent(
                            "lora_b_norm": float(sum(p.norm() for n, p in pl_module.named_parameters()
                                                     if "lora_B" in n)),
                            "tokens": tokens.tolist(), "world": trainer.world_size, "steps": trainer.global_step,
+                           "gradient_sync": self.flat_sync, "reducer_flags": self.reducer_flags,
                            "lengths": lengths.tolist(),
                            "dataset_lengths": [len(ex.prompt_ids) + len(ex.target_ids) for ex in dataset]},
                           open(out, "w"))
@@ -53,9 +57,11 @@ SCRIPT = textwrap.dedent(
     module = TitleGenModule(model_name=model_dir, lora_scope="last", max_seq_length=512, learning_rate=1e-2)
     data = TitleDataModule(train_file=train, validation_file=val, test_file=val, model_name=model_dir,
                            batch_size=4, num_workers=0, max_seq_length=512)
+    # Two batches a step: the averaging runs once, on the accumulated gradients, before the clipping.
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=4, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Check()])
+                        enable_model_summary=False, callbacks=[Check()], accumulate_grad_batches=2,
+                        gradient_clip_val=1.0)
     trainer.fit(module, data)
     """
 )
@@ -86,7 +92,9 @@ def test_two_process_ddp_fit_keeps_the_ranks_in_sync(tiny_llama_dir, tmp_path):
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["steps"] == 4
     assert result["lora_b_norm"] > 0, "training changed the adapters"
-    assert result["rank_diff"] == 0.0, "DDP averaged the gradients, so both ranks hold the same weights"
+    assert result["rank_diff"] == 0.0, "the gradients were averaged, so both ranks hold the same weights"
+    assert result["gradient_sync"] == "FlatGradientSync", "one all-reduce a step, not DDP's reducer (gradsync)"
+    assert result["reducer_flags"] == [False] * 8, "DDP's reducer stayed off, also in the steps' last batches"
     rank0, rank1 = result["tokens"]
     assert rank0 != rank1, "each rank trained on its own share of the batches"
     # Length grouping survives Lightning's DDP: each step's two batches are one run of 8 neighbours in length order

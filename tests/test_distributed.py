@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from .twoprocs import spawn_two
 
 
 def _sample(i: int) -> dict:
@@ -31,14 +31,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_gather_the_same_deduplicated_samples(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_two(_worker, tmp_path)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert results[0] == results[1]
     gathered = sorted(results[0]["gathered"], key=lambda g: g["id"])

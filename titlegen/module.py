@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 
-from titlegen import modeling
+from titlegen import gradsync, modeling
 from titlegen.callbacks import run_dir
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.modeling import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope, ModelConfigError
@@ -99,6 +99,7 @@ class TitleGenModule(L.LightningModule):
         self.generations: list[dict[str, Any]] = []
         self.trainable_params = 0
         self._bar_loss = LatestValue()
+        self._grad_sync: gradsync.FlatGradientSync | None = None
 
     # ------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -141,6 +142,11 @@ class TitleGenModule(L.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics({"model/trainable_params": float(self.trainable_params)}, step=0)
 
+    def on_train_start(self) -> None:
+        # Under DDP, one all-reduce of all LoRA gradients a step instead of DDP's reducer (gradsync).
+        params = [p for p in self.parameters() if p.requires_grad]
+        self._grad_sync = gradsync.take_over(self.trainer.strategy, params)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if self.trainable_params == 0:
             # Zero-shot baseline: report the loss, but there is nothing to update.
@@ -150,6 +156,16 @@ class TitleGenModule(L.LightningModule):
         loss = self(batch)
         self._log_train_loss(loss)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Once per optimizer step, after the last accumulated backward and before Lightning's gradient clipping.
+        if self._grad_sync is not None:
+            self._grad_sync.average()
+
+    def on_train_end(self) -> None:
+        if self._grad_sync is not None:
+            self._grad_sync.release()
+            self._grad_sync = None
 
     def _log_train_loss(self, loss: torch.Tensor) -> None:
         # Not prog_bar=True: Lightning reads a progress-bar value on the host after every step, which waits for the

@@ -17,7 +17,8 @@ How a step runs (`StepGraphs.__call__`, called by `modeling.causal_lm_loss` when
   emptied first: the graphs' memory pool replaces it, and the two would otherwise both hold a step's memory;
 - from then on it copies the batch into the graph's static inputs and replays it. The returned loss is an ordinary
   autograd output of the LoRA weights (`_Replayed`): its backward hands the graph's gradients to autograd, so
-  Lightning's clipping, gradient accumulation and optimizer, and DDP's all-reduce hooks, see ordinary `.grad`s.
+  Lightning's clipping, gradient accumulation and optimizer, and the averaging over DDP ranks (`gradsync`), see
+  ordinary `.grad`s.
 
 A shape is the padded batch (`data.pad_to_multiple_of`) and a number of title positions: a graph serves every batch
 of its padded shape with up to that many positions, the rest being weight-0 padding rows (`losses.head_cross_entropy`'s
