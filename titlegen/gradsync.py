@@ -38,8 +38,13 @@ class FlatGradientSync:
 
     def __init__(self, ddp: DistributedDataParallel, params: list[torch.Tensor]) -> None:
         self.ddp = ddp
-        self.params = params
         self.group = ddp.process_group
+        self.world = dist.get_world_size(self.group)
+        # One flat buffer per dtype and device; the trainable parameters are fixed for the fit, so grouped once.
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for p in params:
+            groups.setdefault((p.dtype, p.device), []).append(p)
+        self.groups = [(group, [p.numel() for p in group]) for group in groups.values()]
         # DDP's reducer checks this flag in forward; Lightning's `no_sync` (gradient accumulation) saves and restores
         # it, so it stays off for the whole fit.
         ddp.require_backward_grad_sync = False
@@ -51,15 +56,11 @@ class FlatGradientSync:
         with the same gradients (where DDP without `find_unused_parameters` would raise). A parameter without a
         gradient on every rank gets zeros, which AdamW would decay; every LoRA weight has a gradient each step.
         """
-        world = dist.get_world_size(self.group)
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for p in self.params:
-            groups.setdefault((p.dtype, p.device), []).append(p)
-        for params in groups.values():
+        for params, sizes in self.groups:
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-            flat.mul_(1.0 / world)  # as DDP's reducer scales: a multiplication, then a sum
+            flat.mul_(1.0 / self.world)  # as DDP's reducer scales: a multiplication, then a sum
             dist.all_reduce(flat, group=self.group)
-            for p, averaged in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            for p, averaged in zip(params, flat.split(sizes), strict=True):
                 p.grad = averaged.view_as(p)  # views of the buffer: no copy back
 
     def release(self) -> None:
