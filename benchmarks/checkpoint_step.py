@@ -38,8 +38,9 @@ from benchmarks.common import (
 
 
 def main() -> None:
-    from titlegen import modeling
-    from titlegen.checkpointing import LeanCheckpoint
+    from titlegen import perf
+    from titlegen.perf import checkpointing
+    from titlegen.perf.checkpointing import LeanCheckpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -71,7 +72,7 @@ def main() -> None:
             for layer, function in zip(layers, unsloth_functions, strict=True):
                 layer._gradient_checkpointing_func = function
         elif mode == "lean":
-            modeling.use_lean_checkpointing(model)
+            checkpointing.use_lean_checkpointing(model)
         else:  # "lean-on-device"
             for layer in layers:
                 layer._gradient_checkpointing_func = LeanCheckpoint(offload=False, preserve_rng=False)
@@ -88,7 +89,7 @@ def main() -> None:
                 loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"]).loss  # fmt: skip
         else:
-            loss = modeling.causal_lm_loss(model, **batch)
+            loss = perf.causal_lm_loss(model, **batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -132,12 +133,12 @@ def main() -> None:
 
 
 def check_offload(model: Any, use: Any, batch: dict[str, torch.Tensor]) -> None:
-    from titlegen import modeling
+    from titlegen import perf
 
     nonzero_lora_b(model)
 
     def grads() -> tuple[float, dict[str, torch.Tensor]]:
-        return loss_and_lora_grads(model, lambda: modeling.causal_lm_loss(model, **batch))
+        return loss_and_lora_grads(model, lambda: perf.causal_lm_loss(model, **batch))
 
     worst = largest_relative_difference
 

@@ -36,7 +36,7 @@ def build_model(out_dir: Path, tokenizer_source: str) -> Path:
     """Save a random Qwen2.5-0.5B-shaped model with the tokenizer of `tokenizer_source` (its chat template too)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from titlegen.tokenization import chat_tokens, load_tokenizer
+    from titlegen.data.tokenization import chat_tokens, load_tokenizer
 
     if (out_dir / "config.json").is_file():
         return out_dir
@@ -52,7 +52,8 @@ def build_model(out_dir: Path, tokenizer_source: str) -> Path:
 
 def sample_records(pairs: Path, n: int, seed: int) -> list[dict[str, str]]:
     """`n` random abstract/title pairs of the dataset: their token lengths are the real distribution."""
-    from titlegen.splits import SplitSettings, clean_and_dedupe, read_pairs
+    from titlegen.data.records import read_pairs
+    from titlegen.data.splits import SplitSettings, clean_and_dedupe
 
     records = clean_and_dedupe(read_pairs(pairs), SplitSettings(source=str(pairs), source_hash=""))
     if len(records) < n:
@@ -71,7 +72,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def examples(records: list[dict[str, str]], model_dir: Path) -> list[Any]:
     """Tokenized exactly as titlegen's DataModule does (chat template, title-only labels, same prompt budget)."""
-    from titlegen.tokenization import encode_pairs, load_tokenizer
+    from titlegen.data.tokenization import encode_pairs, load_tokenizer
 
     return encode_pairs(records, load_tokenizer(str(model_dir)), MAX_SEQ_LENGTH, MAX_NEW_TOKENS)
 
@@ -85,8 +86,8 @@ def training_batches(
     model_dir: Path, items: list[Any], order: list[int], batch_size: int, device: str, pad_to_multiple_of: int = 1
 ) -> list[dict[str, torch.Tensor]]:
     """`items` taken `batch_size` at a time in `order`, collated as titlegen trains (`data.Collator`), on `device`."""
-    from titlegen.data import Collator
-    from titlegen.tokenization import chat_tokens, load_tokenizer
+    from titlegen.data.collate import Collator
+    from titlegen.data.tokenization import chat_tokens, load_tokenizer
 
     pad_id = chat_tokens(load_tokenizer(str(model_dir))).pad_id
     collate = Collator(pad_id, for_generation=False, pad_to_multiple_of=pad_to_multiple_of)
@@ -96,11 +97,11 @@ def training_batches(
 
 def lora_training_model(model_dir: Path, scope: Any, checkpointing: Any, device: str) -> Any:
     """The benchmark's model with LoRA r=16 (alpha 16, no dropout) on the default modules, in training mode."""
-    from titlegen import modeling
+    from titlegen.model import loading, lora
 
-    base = modeling.load_base_model(str(model_dir), MAX_SEQ_LENGTH, {"": 0} if device == "cuda" else "sequential")
-    model = modeling.apply_lora(base, scope, 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, checkpointing, 3407)
-    modeling.training_mode(model)
+    base = loading.load_base_model(str(model_dir), MAX_SEQ_LENGTH, {"": 0} if device == "cuda" else "sequential")
+    model = lora.apply_lora(base, scope, 16, 16, 0.0, lora.DEFAULT_TARGET_MODULES, checkpointing, 3407)
+    lora.training_mode(model)
     return model
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from benchmarks.common import examples, sample_records
-from titlegen.sampling import LengthGroupedSampler
-from titlegen.stepgraph import POSITION_BUCKET, rows_for, smallest_fitting
+from titlegen.data.sampling import LengthGroupedSampler
+from titlegen.perf.stepgraph import POSITION_BUCKET, rows_for, smallest_fitting
 
 
 def widths(per_rank: list[list[int]], lengths: list[int], batch_size: int, multiple: int) -> list[int]:

@@ -30,20 +30,20 @@ from benchmarks.common import (
 
 
 def generation_rates(args: argparse.Namespace, items: list[Any]) -> dict[str, Any]:
-    from titlegen import modeling
-    from titlegen.data import Collator
-    from titlegen.tokenization import chat_tokens, load_tokenizer
+    from titlegen.data.collate import Collator
+    from titlegen.data.tokenization import chat_tokens, load_tokenizer
+    from titlegen.model import generation, loading, lora
 
     chat = chat_tokens(load_tokenizer(str(args.model)))
     device_map = {"": 0} if torch.cuda.is_available() else "sequential"
-    base = modeling.load_base_model(str(args.model), MAX_SEQ_LENGTH, device_map)
-    model = modeling.apply_lora(base, "all", 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, "unsloth", 3407)
+    base = loading.load_base_model(str(args.model), MAX_SEQ_LENGTH, device_map)
+    model = lora.apply_lora(base, "all", 16, 16, 0.0, lora.DEFAULT_TARGET_MODULES, "unsloth", 3407)
     collate = Collator(chat.pad_id, for_generation=True)
     device = next(model.parameters()).device
 
     def run(batch_items: list[Any]) -> int:
         batch = collate(list(enumerate(batch_items)))
-        out = modeling.generate(
+        out = generation.generate(
             model, batch["prompt_ids"].to(device), batch["prompt_attention_mask"].to(device), MAX_NEW_TOKENS,
             chat.end_of_turn_id, chat.pad_id,
         )  # fmt: skip
@@ -83,7 +83,7 @@ class ValidationTimer(L.Callback):
 
 def validation_share(args: argparse.Namespace, val_file: Path) -> dict[str, Any]:
     """Wall time of one `Trainer.validate` and the part of it spent in BERTScore."""
-    from titlegen.data import TitleDataModule
+    from titlegen.data.datamodule import TitleDataModule
     from titlegen.metrics import BERTScoreMetric
     from titlegen.module import TitleGenModule
 

@@ -60,7 +60,7 @@ class Clock(L.Callback):
 
 
 def lightning_loop(batches: list[torch.Tensor], like_main: bool) -> float:
-    from titlegen.stopping import GracefulStop, NonFiniteLossGuard
+    from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard
 
     torch.manual_seed(0)
     clock = Clock()

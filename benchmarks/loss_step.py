@@ -40,13 +40,13 @@ def main() -> None:
 
 
 def measure_scope(scope: str, batches: list[dict[str, torch.Tensor]], device: str, args: argparse.Namespace) -> None:
-    from titlegen import modeling
+    from titlegen import perf
 
     model = lora_training_model(args.model, scope, "offload", device)
     paths = {
         "model(...).loss": lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                            labels=b["labels"]).loss,
-        "causal_lm_loss": lambda b: modeling.causal_lm_loss(model, **b),
+        "causal_lm_loss": lambda b: perf.causal_lm_loss(model, **b),
     }  # fmt: skip
     for name, loss_fn in paths.items():
         for autocast in (False, True):
@@ -82,7 +82,7 @@ def measure_scope(scope: str, batches: list[dict[str, torch.Tensor]], device: st
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for batch in batches[:3]:
-                modeling.causal_lm_loss(model, **batch).backward()
+                perf.causal_lm_loss(model, **batch).backward()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
 

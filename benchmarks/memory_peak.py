@@ -21,7 +21,8 @@ import torch
 import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
 
 from benchmarks.common import by_length, examples, lora_training_model, sample_records, training_batches
-from titlegen import modeling
+from titlegen import perf
+from titlegen.perf import patches
 
 
 def site(frames: list[dict[str, Any]]) -> str:
@@ -63,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.traced_lora_mlp:
-        modeling.run_lora_mlp_eagerly = lambda model: 0
+        patches.run_lora_mlp_eagerly = lambda model: 0
     torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
     n = args.batch_size * (args.steps + 2)
     items = examples(sample_records(args.pairs, n, seed=1), args.model)
@@ -74,7 +75,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
     for _ in range(3):  # compiled, captured, replayed
         for batch in batches:
-            modeling.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs).backward()
+            perf.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -48,7 +48,7 @@ def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:
     """A roberta-large-sized BERT (BERTScore's default encoder for English: 24 layers, 1024 wide), random weights."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from titlegen.resources import resolve_packaged_path
+    from titlegen.modelfiles import resolve_packaged_path
 
     if (out_dir / "config.json").is_file():
         return out_dir
@@ -63,7 +63,7 @@ def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:
 
 
 def first_loadable_tokenizer(candidates: list[str]) -> str:
-    from titlegen.tokenization import load_tokenizer
+    from titlegen.data.tokenization import load_tokenizer
 
     problems = []
     for name in candidates:

@@ -34,12 +34,12 @@ from benchmarks.common import (
     sample_records,
     training_batches,
 )
-from titlegen import stepgraph
-from titlegen.prefix import GRAPHS_ATTRIBUTE
+from titlegen.perf import stepgraph
+from titlegen.perf.prefix import GRAPHS_ATTRIBUTE
 
 
 def main() -> None:
-    from titlegen import modeling
+    from titlegen import perf
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -80,7 +80,7 @@ def main() -> None:
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not raw:
-            return modeling.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs)
+            return perf.causal_lm_loss(model, **batch, cuda_graphs=not args.no_cuda_graphs)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
@@ -142,12 +142,12 @@ def main() -> None:
 
 def check_graphs(model: Any, batches: list[dict[str, torch.Tensor]]) -> None:
     """Losses and LoRA gradients with graphs against without; they should agree to the bit."""
-    from titlegen import modeling
+    from titlegen import perf
 
     nonzero_lora_b(model)
 
     def grads(batch: dict[str, torch.Tensor], graphs: bool) -> tuple[float, dict[str, torch.Tensor]]:
-        return loss_and_lora_grads(model, lambda: modeling.causal_lm_loss(model, **batch, cuda_graphs=graphs))
+        return loss_and_lora_grads(model, lambda: perf.causal_lm_loss(model, **batch, cuda_graphs=graphs))
 
     # Pairs of batches of one shape: the graph is captured on the first and replayed on the second, so a replay that
     # ignored its new inputs would show. Shapes repeat with --pad-to-multiple-of 64, as last_layer_lora.yaml pads.

@@ -23,7 +23,8 @@ import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires
 
 def main() -> None:
     from tests.conftest import build_tiny_model
-    from titlegen import modeling, stepgraph
+    from titlegen.model import loading, lora
+    from titlegen.perf import stepgraph
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=24)
@@ -31,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", "qwen2", layers=args.layers)
-        base = modeling.load_base_model(str(model_dir), 512)
-        model = modeling.apply_lora(base, "all", 16, 16, 0.0, modeling.DEFAULT_TARGET_MODULES, "offload", 0)
+        base = loading.load_base_model(str(model_dir), 512)
+        model = lora.apply_lora(base, "all", 16, 16, 0.0, lora.DEFAULT_TARGET_MODULES, "offload", 0)
     causal_lm = model.get_base_model()
     reads = stepgraph.tensors_read(causal_lm)
     start = time.perf_counter()

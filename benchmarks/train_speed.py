@@ -38,7 +38,7 @@ from benchmarks.common import (
 if "--no-unsloth-block-compile" in sys.argv:  # read by Unsloth when it patches the decoder layers
     os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
 if "--unbound-ranks" not in sys.argv:  # DDP workers: each one's CUDA context on its own GPU (titlegen.launch)
-    from titlegen.launch import bind_rank_gpu
+    from titlegen.runtime.launch import bind_rank_gpu
 
     bind_rank_gpu()
 if "--variant" in sys.argv and sys.argv[sys.argv.index("--variant") + 1] != "hf":
@@ -89,8 +89,8 @@ def load_hf(model_dir: Path, scope: str) -> Any:
 
 
 def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: list[Any]) -> dict[str, Any]:
-    from titlegen.data import Collator
-    from titlegen.tokenization import chat_tokens, load_tokenizer
+    from titlegen.data.collate import Collator
+    from titlegen.data.tokenization import chat_tokens, load_tokenizer
 
     collate = Collator(chat_tokens(load_tokenizer(str(args.model))).pad_id, for_generation=False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -157,7 +157,7 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
         build = main_fit if args.as_main_fit and callbacks else bare_fit
         trainer, module, datamodule = build(args, data_file, warm_file)
         if args.no_step_waits and callbacks:
-            from titlegen.stopping import GracefulStop, NonFiniteLossGuard
+            from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard
 
             waits = (GracefulStop, NonFiniteLossGuard)
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, waits)]
@@ -170,7 +170,7 @@ def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path)
 
 def bare_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tuple[L.Trainer, Any, Any]:
     """The DataModule and LightningModule under a plain Trainer: no logger, progress bar or callbacks."""
-    from titlegen.data import TitleDataModule
+    from titlegen.data.datamodule import TitleDataModule
     from titlegen.module import TitleGenModule
 
     module = TitleGenModule(
@@ -423,8 +423,8 @@ def graph_state(module: Any) -> tuple[int, int]:
 
 def step_graph_counts(module: Any) -> dict[str, int]:
     """This rank's whole-step CUDA graphs (`titlegen.stepgraph`): captured, replayed, failed to capture."""
-    from titlegen.modeling import unwrapped
-    from titlegen.stepgraph import ATTRIBUTE
+    from titlegen.perf.loss import unwrapped
+    from titlegen.perf.stepgraph import ATTRIBUTE
 
     runner = unwrapped(module.model).__dict__.get(ATTRIBUTE) if getattr(module, "model", None) is not None else None
     if not runner:
@@ -491,7 +491,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     if args.pad_to_multiple_of is None:  # as the scope's config pads (64 for last_layer_lora.yaml's graphs)
-        from titlegen.data import TitleDataModule
+        from titlegen.data.datamodule import TitleDataModule
 
         default = inspect.signature(TitleDataModule).parameters["pad_to_multiple_of"].default
         args.pad_to_multiple_of = config_value(args.scope, "data", "pad_to_multiple_of", default)
@@ -506,11 +506,11 @@ def main() -> None:
     items = examples(measured, args.model)
     warm += [measured[i] for i in by_length(items, list(range(len(items))))[-args.batch_size * args.devices :]]
     if args.traced_lora_mlp:
-        from titlegen import modeling
+        from titlegen.perf import patches
 
-        modeling.run_lora_mlp_eagerly = lambda model: 0
+        patches.run_lora_mlp_eagerly = lambda model: 0
     if args.ddp_reducer:  # in main(): Lightning's launcher runs this script again for rank 1
-        from titlegen import gradsync
+        from titlegen.perf import gradsync
 
         gradsync.take_over = lambda strategy, params: None
     if args.variant == "titlegen":

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from titlegen.splits import MANIFEST, prepare_splits
+from titlegen.data.splits import MANIFEST, prepare_splits
 
 
 def main(argv: list[str] | None = None) -> dict:

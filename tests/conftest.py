@@ -114,7 +114,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from titlegen.tokenization import load_tokenizer
+    from titlegen.data.tokenization import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
@@ -127,9 +127,9 @@ def pairs_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the model loader with a tripwire: a problem reported only after the model loaded fails the test."""
-    from titlegen import modeling
+    from titlegen.model import loading
 
     def tripwire(*args, **kwargs):
         raise AssertionError("the model was loaded before the problem was reported")
 
-    monkeypatch.setattr(modeling, "load_base_model", tripwire)
+    monkeypatch.setattr(loading, "load_base_model", tripwire)

@@ -12,19 +12,20 @@ import pytest
 import torch
 import torch.utils.checkpoint
 
-from titlegen import modeling
-from titlegen.checkpointing import LeanCheckpoint
-from titlegen.data import Collator
-from titlegen.modeling import DEFAULT_TARGET_MODULES
-from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen import perf
+from titlegen.data.collate import Collator
+from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen.model import loading, lora
+from titlegen.model.lora import DEFAULT_TARGET_MODULES
+from titlegen.perf.checkpointing import LeanCheckpoint
 
 from .conftest import synthetic_pairs
 
 
 def lora_model(model_dir, checkpointing, dropout=0.0):
-    base = modeling.load_base_model(str(model_dir), 512)
-    model = modeling.apply_lora(base, "all", 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
-    modeling.training_mode(model)
+    base = loading.load_base_model(str(model_dir), 512)
+    model = lora.apply_lora(base, "all", 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
+    lora.training_mode(model)
     torch.manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -40,7 +41,7 @@ def layers_of(model):
 def grads(model, batch, seed=5):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)  # the dropout masks of the forward
-    modeling.causal_lm_loss(model, **batch).backward()
+    perf.causal_lm_loss(model, **batch).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -61,11 +62,11 @@ def test_offload_and_gpu_install_the_lean_checkpoint_and_other_modes_keep_theirs
     assert all(isinstance(layer._gradient_checkpointing_func, LeanCheckpoint) for layer in layers_of(lean))
     # Only the last checkpointed layer keeps its input on the device: backward needs it at once.
     assert [layer._gradient_checkpointing_func.offload for layer in layers_of(lean)] == [True, False]
-    modeling.training_mode(lean)  # again, as after every validation: still installed, still the same plan
+    lora.training_mode(lean)  # again, as after every validation: still installed, still the same plan
     assert [layer._gradient_checkpointing_func.offload for layer in layers_of(lean)] == [True, False]
     kept = lora_model(tiny_model_dir, "gpu")  # the same checkpoint, every input kept on the device
     assert [type(layer._gradient_checkpointing_func).__name__ for layer in layers_of(kept)] == ["LeanCheckpoint"] * 2
-    modeling.training_mode(kept)
+    lora.training_mode(kept)
     assert [layer._gradient_checkpointing_func.offload for layer in layers_of(kept)] == [False, False]
     unsloth = lora_model(tiny_model_dir, "unsloth")
     assert not any(isinstance(layer._gradient_checkpointing_func, LeanCheckpoint) for layer in layers_of(unsloth))
@@ -100,7 +101,7 @@ def test_an_input_without_grad_still_gives_the_layer_its_gradients():
 
 def test_a_second_backward_through_the_checkpoint_is_refused_with_the_fix(tiny_model_dir, batch):
     model = lora_model(tiny_model_dir, "offload")
-    loss = modeling.causal_lm_loss(model, **batch)
+    loss = perf.causal_lm_loss(model, **batch)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backpropagated twice.*gradient_checkpointing true"):
         loss.backward()

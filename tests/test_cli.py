@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from titlegen.cli import CONFIG_DIR, main, newest_checkpoint, resolve_config_args
+from titlegen.cli import CONFIG_DIR, main, resolve_config_args
+from titlegen.errors import CheckpointError, OptionError
+from titlegen.runtime.runs import newest_checkpoint
 
 from .conftest import run_args_for
 
@@ -57,7 +59,7 @@ def test_baseline_test_needs_no_checkpoint_and_writes_outputs(run_args, tmp_path
 @pytest.mark.parametrize("subcommand", ["test", "validate"])
 def test_lora_evaluation_without_checkpoint_is_a_clear_error(run_args, subcommand):
     with pytest.raises(
-        SystemExit, match=f"`{subcommand}` of LoRA scope 'all' needs a trained checkpoint.*Fix: run `fit`"
+        CheckpointError, match=f"`{subcommand}` of LoRA scope 'all' needs a trained checkpoint.*Fix: run `fit`"
     ):
         main([subcommand, "--config", "full_lora.yaml", *run_args])
 
@@ -81,7 +83,7 @@ def test_config_names_resolve_to_configs_dir(tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text("model:\n  lora_r: 8\n")
     assert resolve_config_args(["fit", "--config", str(own)])[2] == str(own)
-    with pytest.raises(SystemExit, match=r"'ful_lora.yaml': no such file.*full_lora.yaml"):
+    with pytest.raises(OptionError, match=r"'ful_lora.yaml': no such file.*full_lora.yaml"):
         resolve_config_args(["fit", "--config", "ful_lora.yaml"])
 
 

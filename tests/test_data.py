@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from titlegen.data import Collator, IndexedDataset, TitleDataModule, left_pad
-from titlegen.splits import DataError
-from titlegen.tokenization import IGNORE_INDEX, chat_tokens, encode_pairs
+from titlegen.data.collate import Collator, IndexedDataset, left_pad
+from titlegen.data.datamodule import TitleDataModule
+from titlegen.data.tokenization import IGNORE_INDEX, chat_tokens, encode_pairs
+from titlegen.errors import OptionError
 
 from .conftest import synthetic_pairs, write_jsonl
 
@@ -207,7 +208,7 @@ def test_datamodule_setup_counts_truncated_abstracts(pairs_file, tiny_model_dir,
 
 
 def test_impossible_data_options_are_rejected_together():
-    with pytest.raises(DataError, match=r"max_seq_length=0: must be positive\n.*batch_size=-1: must be positive"):
+    with pytest.raises(OptionError, match=r"max_seq_length=0: must be positive\n.*batch_size=-1: must be positive"):
         TitleDataModule(max_seq_length=0, batch_size=-1)
 
 
@@ -230,7 +231,7 @@ def test_collator_pads_training_batches_to_a_multiple(tiny_tokenizer):
 
 
 def test_pad_to_multiple_of_must_be_positive():
-    with pytest.raises(DataError, match=r"data.pad_to_multiple_of=0: must be positive"):
+    with pytest.raises(OptionError, match=r"data.pad_to_multiple_of=0: must be positive"):
         TitleDataModule(pad_to_multiple_of=0)
 
 

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import lightning as L
     import torch
-    from titlegen.data import TitleDataModule
+    from titlegen.data.datamodule import TitleDataModule
     from titlegen.module import TitleGenModule
 
     model_dir, train, val, out = sys.argv[1:5]
@@ -112,8 +112,8 @@ NAN_ON_ONE_RANK = textwrap.dedent(
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from titlegen.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard
-    from titlegen.data import TitleDataModule
+    from titlegen.runtime.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard
+    from titlegen.data.datamodule import TitleDataModule
     from titlegen.module import TitleGenModule
 
     model_dir, train, val, out = sys.argv[1:5]
@@ -204,7 +204,7 @@ RESUME = textwrap.dedent(
     import unsloth  # noqa: F401  (before transformers and peft)
     import json, os, signal, sys
     import torch
-    from titlegen.stopping import TrainingInterrupted
+    from titlegen.runtime.stopping import TrainingInterrupted
     from titlegen.cli import main
     from titlegen.module import TitleGenModule
 

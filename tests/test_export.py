@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from titlegen import modeling
+from main import main as entry
 from titlegen.cli import main
-from titlegen.data import Collator
-from titlegen.tokenization import encode_pairs
+from titlegen.data.collate import Collator
+from titlegen.data.tokenization import encode_pairs
+from titlegen.errors import CheckpointError, OptionError
+from titlegen.model import generation, loading, lora, merge
 
 from .conftest import build_tiny_model, synthetic_pairs, write_jsonl
 
@@ -55,7 +57,7 @@ def prompt_batch(module) -> dict:
 
 def greedy(model, module, batch) -> list[list[int]]:
     chat = module.chat
-    return modeling.generate(
+    return generation.generate(
         model, batch["prompt_ids"], batch["prompt_attention_mask"], NEW_TOKENS, chat.end_of_turn_id, chat.pad_id
     )
 
@@ -82,17 +84,17 @@ def test_adapter_and_merged_exports_give_the_trained_modules_greedy_titles(train
     batch = prompt_batch(module)
     module_titles = greedy(module.model, module, batch)
 
-    main(["export", "--config", "full_lora.yaml", *trained["args"]])  # no --ckpt_path: the newest, as `test` does
+    entry(["export", "--config", "full_lora.yaml", *trained["args"]])  # no --ckpt_path: the newest, as `test` does
     out = trained["run_dir"] / "export" / "last"
     adapter, merged = out / "adapter", out / "merged"
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    assert adapter_config["r"] == 16 and set(adapter_config["target_modules"]) == set(modeling.DEFAULT_TARGET_MODULES)
+    assert adapter_config["r"] == 16 and set(adapter_config["target_modules"]) == set(lora.DEFAULT_TARGET_MODULES)
     merged_config = json.loads((merged / "config.json").read_text())
     assert "quantization_config" not in merged_config
     assert (merged / "tokenizer.json").is_file() and (adapter / "tokenizer.json").is_file()
 
     # The adapter on a 4-bit base loaded the same way as for training.
-    base = modeling.load_base_model(str(trained["model_dir"]), 256)
+    base = loading.load_base_model(str(trained["model_dir"]), 256)
     base_titles = greedy(base, module, batch)
     assert base_titles != module_titles, "the adapter changes the titles, so equal titles below mean something"
     peft_titles = greedy(PeftModel.from_pretrained(base, adapter), module, batch)
@@ -124,7 +126,7 @@ def test_merging_onto_the_original_weights_would_not_be_the_trained_model(traine
     lora_layer = module.model.get_base_model().model.layers[0].self_attn.q_proj
     delta = lora_layer.get_delta_weight("default")
     assert delta.abs().max() > 0, "training moved the adapter"
-    rounding = (modeling.merged_linear_weight(lora_layer) - delta - original).detach().abs()
+    rounding = (merge.merged_linear_weight(lora_layer) - delta - original).detach().abs()
     # NF4 keeps 16 levels per block: errors of a few percent, far above fp32 rounding (1e-7) ...
     assert rounding.max() > 1e-2
     # ... of the same weights: the merged base is the original rounded, not something else.
@@ -142,7 +144,7 @@ def test_predict_without_ckpt_path_uses_the_newest_checkpoint(trained, tmp_path)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["abstract"] for r in rows] == abstracts
     tokenizer = module.tokenizer
-    from titlegen.prompts import clean_title
+    from titlegen.data.prompts import clean_title
 
     expected = [
         clean_title(tokenizer.decode(t, skip_special_tokens=True))
@@ -152,19 +154,19 @@ def test_predict_without_ckpt_path_uses_the_newest_checkpoint(trained, tmp_path)
 
 
 def test_export_refuses_the_baseline_and_a_missing_checkpoint(trained, tmp_path):
-    with pytest.raises(SystemExit, match="LoRA scope 'none'.*trains nothing"):
-        main(["export", "--config", "baseline.yaml", *trained["args"]])
+    with pytest.raises(OptionError, match="LoRA scope 'none'.*trains nothing"):
+        entry(["export", "--config", "baseline.yaml", *trained["args"]])
     empty_logs = f"--trainer.logger.init_args.save_dir={tmp_path / 'none'}"
-    with pytest.raises(SystemExit, match=r"holds no checkpoint.*Fix: run `fit`"):
-        main(["export", "--config", "last_layer_lora.yaml", *trained["args"], empty_logs])
-    with pytest.raises(SystemExit, match=r"--ckpt_path .*missing.ckpt: no such file"):
-        main(["export", "--config", "full_lora.yaml", *trained["args"], f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint.*Fix: run `fit`"):
+        entry(["export", "--config", "last_layer_lora.yaml", *trained["args"], empty_logs])
+    with pytest.raises(CheckpointError, match=r"--ckpt_path .*missing.ckpt: no such file"):
+        entry(["export", "--config", "full_lora.yaml", *trained["args"], f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
 
 
 def test_export_dtype_option(trained, tmp_path):
     sizes = {}
     for dtype in ("float32", "bfloat16"):
-        main(
+        entry(
             ["export", "--config", "full_lora.yaml", *trained["args"], f"--out={tmp_path / dtype}", f"--dtype={dtype}"]
         )
         assert json.loads((tmp_path / dtype / "merged" / "config.json").read_text())["dtype"] == dtype

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from titlegen import gradsync
+from titlegen.perf import gradsync
 
 from .twoprocs import spawn_two
 

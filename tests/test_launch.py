@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from titlegen.launch import bind_rank_gpu
+from titlegen.runtime.launch import bind_rank_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 

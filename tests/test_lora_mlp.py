@@ -12,7 +12,9 @@ import types
 import pytest
 import torch
 
-from titlegen import modeling
+from titlegen import perf
+from titlegen.model import lora
+from titlegen.perf import patches
 
 from .conftest import build_tiny_model
 from .test_loss_equivalence import assert_same, loss_and_grads, trained_looking_lora
@@ -24,7 +26,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="Unsloth fuses th
 def fuse_mlps_as_unsloth_does(model) -> list[torch.nn.Module]:
     from unsloth.kernels import fast_lora
 
-    mlps = [layer.mlp for layer in modeling.unwrapped(model).model.layers]
+    mlps = [layer.mlp for layer in perf.unwrapped(model).model.layers]
     for mlp in mlps:
         mlp.forward = types.MethodType(fast_lora.apply_lora_mlp_swiglu, mlp)
     return mlps
@@ -36,7 +38,7 @@ def test_the_fused_mlp_leaves_the_compiled_block_keeps_its_input_intact_and_unsl
 
     model = trained_looking_lora(tiny_model_dir, "all")
     mlps = fuse_mlps_as_unsloth_does(model)
-    assert modeling.run_lora_mlp_eagerly(model) == len(mlps) == 2
+    assert patches.run_lora_mlp_eagerly(model) == len(mlps) == 2
     for mlp in mlps:
         function = mlp.forward.__func__
         assert function._torchdynamo_disable, "traced into the block, the SwiGLU backward is not in place"
@@ -44,7 +46,7 @@ def test_the_fused_mlp_leaves_the_compiled_block_keeps_its_input_intact_and_unsl
         assert (inner.func, inner.keywords) == (fast_lora.apply_lora_mlp_swiglu, {"inplace": False})
     # Unsloth's later checks (the FSDP decline) find the fused MLPs through `forward.__func__.func`.
     assert {id(m) for m in mlps} <= {id(m) for m in _fused_lora_modules(model)}
-    assert modeling.run_lora_mlp_eagerly(model) == 0, "a second call must not wrap the wrapper"
+    assert patches.run_lora_mlp_eagerly(model) == 0, "a second call must not wrap the wrapper"
 
 
 def step_peak(model, batch) -> tuple[tuple[float, dict[str, torch.Tensor]], int]:
@@ -52,7 +54,7 @@ def step_peak(model, batch) -> tuple[tuple[float, dict[str, torch.Tensor]], int]
     torch.cuda.synchronize()
     start = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    result = loss_and_grads(model, modeling.causal_lm_loss(model, **batch))
+    result = loss_and_grads(model, perf.causal_lm_loss(model, **batch))
     torch.cuda.synchronize()
     return result, torch.cuda.max_memory_allocated() - start
 
@@ -65,10 +67,10 @@ def test_the_eager_mlp_gives_the_compiled_blocks_loss_and_gradients_with_three_f
     eager = trained_looking_lora(model_dir, "all", "offload")
     fuse_mlps_as_unsloth_does(compiled)  # undo run_lora_mlp_eagerly: Unsloth's own fused forward, traced
     for model in (compiled, eager):
-        modeling.training_mode(model)
+        lora.training_mode(model)
     batch = padded_batch(model_dir, 7, "cuda")
     tokens = batch["input_ids"].numel()
-    mlp_tensor = tokens * 8192 * modeling.unwrapped(compiled).model.embed_tokens.weight.element_size()
+    mlp_tensor = tokens * 8192 * perf.unwrapped(compiled).model.embed_tokens.weight.element_size()
 
     for _ in range(2):  # compile and warm up both
         step_peak(compiled, batch), step_peak(eager, batch)

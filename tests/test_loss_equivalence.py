@@ -9,17 +9,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen import modeling, prefix
-from titlegen.data import Collator
-from titlegen.modeling import DEFAULT_TARGET_MODULES
-from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen import perf
+from titlegen.data.collate import Collator
+from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen.model import loading, lora
+from titlegen.model.lora import DEFAULT_TARGET_MODULES
+from titlegen.perf import prefix
 
 from .conftest import synthetic_pairs
 
 
 def trained_looking_lora(model_dir, scope, checkpointing="unsloth", dropout=0.0):
-    base = modeling.load_base_model(str(model_dir), 512)
-    model = modeling.apply_lora(base, scope, 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
+    base = loading.load_base_model(str(model_dir), 512)
+    model = lora.apply_lora(base, scope, 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
     torch.manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -62,9 +64,9 @@ def test_fast_loss_equals_the_models_own_loss(arch_dir, scope, request):
     batch = training_batch(model_dir)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
     reference = loss_and_grads(model, model(**inputs).loss)
-    assert_same(reference, loss_and_grads(model, modeling.causal_lm_loss(model, **batch)))
+    assert_same(reference, loss_and_grads(model, perf.causal_lm_loss(model, **batch)))
     # Without the collator's label positions the loss finds them itself.
-    assert_same(reference, loss_and_grads(model, modeling.causal_lm_loss(model, **inputs)))
+    assert_same(reference, loss_and_grads(model, perf.causal_lm_loss(model, **inputs)))
     # The context manager leaves nothing behind: the next step (and the model's own loss) runs as before.
     assert torch.is_grad_enabled()
     assert_same(reference, loss_and_grads(model, model(**inputs).loss))
@@ -89,7 +91,7 @@ def test_frozen_layers_below_the_adapter_run_once_without_autograd(tiny_llama_di
         loss_fn().backward()
         return {i: list(record) for i, record in calls.items()}
 
-    fast = run(lambda: modeling.causal_lm_loss(model, **batch))
+    fast = run(lambda: perf.causal_lm_loss(model, **batch))
     assert fast[0] == [False] and fast[1] == [False], "frozen layers: one forward, outside autograd"
     last = fast[len(layers) - 1]
     assert any(last), "the adapted layer is differentiated"

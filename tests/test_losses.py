@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen import losses
+from titlegen.perf import loss as losses
 
 
 def plain(hidden, head, targets):

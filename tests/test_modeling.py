@@ -7,17 +7,18 @@ import re
 import pytest
 import torch
 
-from titlegen import modeling
-from titlegen.data import Collator
-from titlegen.modeling import DEFAULT_TARGET_MODULES, ModelConfigError
-from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen.data.collate import Collator
+from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen.errors import OptionError as ModelConfigError
+from titlegen.model import generation, loading, lora
+from titlegen.model.lora import DEFAULT_TARGET_MODULES
 
 from .conftest import build_tiny_model, synthetic_pairs
 
 
 def lora_model(model_dir, scope, r=16):
-    base = modeling.load_base_model(str(model_dir), 256)
-    return modeling.apply_lora(base, scope, r, 16, 0.0, DEFAULT_TARGET_MODULES, False, 0)
+    base = loading.load_base_model(str(model_dir), 256)
+    return lora.apply_lora(base, scope, r, 16, 0.0, DEFAULT_TARGET_MODULES, False, 0)
 
 
 def expected_lora_params(layers: int, r: int, hidden: int, kv: int, mlp: int) -> int:
@@ -27,7 +28,7 @@ def expected_lora_params(layers: int, r: int, hidden: int, kv: int, mlp: int) ->
 
 
 def adapted_layers(model) -> set[int]:
-    return {int(re.search(r"layers\.(\d+)\.", name).group(1)) for name in modeling.lora_module_names(model)}
+    return {int(re.search(r"layers\.(\d+)\.", name).group(1)) for name in lora.lora_module_names(model)}
 
 
 @pytest.mark.parametrize(
@@ -37,10 +38,10 @@ def adapted_layers(model) -> set[int]:
 def test_scope_adapts_exactly_the_chosen_layers(tiny_llama_dir, scope, layers):
     model = lora_model(tiny_llama_dir, scope)
     assert adapted_layers(model) == layers
-    assert len(modeling.lora_module_names(model)) == 7 * len(layers)
+    assert len(lora.lora_module_names(model)) == 7 * len(layers)
     # hidden 64, 2 of 4 heads for k/v (32), MLP 128: the tiny model of conftest
-    assert modeling.trainable_parameters(model) == expected_lora_params(len(layers), 16, 64, 32, 128)
-    names = {n.rsplit(".", 1)[-1] for n in modeling.lora_module_names(model)}
+    assert lora.trainable_parameters(model) == expected_lora_params(len(layers), 16, 64, 32, 128)
+    names = {n.rsplit(".", 1)[-1] for n in lora.lora_module_names(model)}
     assert names == (set(DEFAULT_TARGET_MODULES) if layers else set())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all("lora_" in n for n in trainable)
@@ -58,13 +59,11 @@ def test_qwen25_05b_scope_counts(scope, count):
     )  # fmt: skip
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(config)
-    layers = modeling.scope_layers(scope, modeling.decoder_layer_count(base))
-    lora = LoraConfig(r=16, lora_alpha=16, target_modules=list(DEFAULT_TARGET_MODULES), layers_to_transform=layers)
-    model = get_peft_model(base, lora)
+    layers = lora.scope_layers(scope, lora.decoder_layer_count(base))
+    config = LoraConfig(r=16, lora_alpha=16, target_modules=list(DEFAULT_TARGET_MODULES), layers_to_transform=layers)
+    model = get_peft_model(base, config)
     assert (
-        modeling.trainable_parameters(model)
-        == count
-        == expected_lora_params(len(layers or range(24)), 16, 896, 128, 4864)
+        lora.trainable_parameters(model) == count == expected_lora_params(len(layers or range(24)), 16, 896, 128, 4864)
     )
 
 
@@ -78,11 +77,11 @@ def test_bad_scope_is_a_clear_error(tiny_llama_dir, scope, message):
 
 
 def test_unknown_target_module_and_bad_rank(tiny_model_dir):
-    base = modeling.load_base_model(str(tiny_model_dir), 256)
+    base = loading.load_base_model(str(tiny_model_dir), 256)
     with pytest.raises(ModelConfigError, match=r"\['qkv_proj'\] not found .* choose from"):
-        modeling.apply_lora(base, "all", 16, 16, 0.0, ["qkv_proj"], False, 0)
+        lora.apply_lora(base, "all", 16, 16, 0.0, ["qkv_proj"], False, 0)
     with pytest.raises(ModelConfigError, match="lora_r=0"):
-        modeling.apply_lora(base, "all", 0, 16, 0.0, DEFAULT_TARGET_MODULES, False, 0)
+        lora.apply_lora(base, "all", 0, 16, 0.0, DEFAULT_TARGET_MODULES, False, 0)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +99,13 @@ def test_batched_left_padded_generation_equals_one_by_one(peaky_model_dir):
     # Different abstract lengths, so the batch really is padded.
     assert len({len(ex.prompt_ids) for ex in examples}) > 1
     batch = Collator(chat.pad_id, for_generation=True)(list(enumerate(examples)))
-    batched = modeling.generate(
+    batched = generation.generate(
         model, batch["prompt_ids"], batch["prompt_attention_mask"], 12, chat.end_of_turn_id, chat.pad_id
     )
     single = []
     for ex in examples:
         ids = torch.tensor([ex.prompt_ids])
-        single += modeling.generate(model, ids, torch.ones_like(ids), 12, chat.end_of_turn_id, chat.pad_id)
+        single += generation.generate(model, ids, torch.ones_like(ids), 12, chat.end_of_turn_id, chat.pad_id)
     assert batched == single
     assert len({tuple(t) for t in single}) > 1, "the outputs should depend on the prompt"
 
@@ -132,6 +131,6 @@ def test_generation_is_plain_greedy_whatever_the_checkpoint_suggests(tmp_path):
             if token == chat.end_of_turn_id:
                 break
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-    got = modeling.generate(model, prompt, torch.ones_like(prompt), 40, chat.end_of_turn_id, chat.pad_id)
+    got = generation.generate(model, prompt, torch.ones_like(prompt), 40, chat.end_of_turn_id, chat.pad_id)
     assert got == [expected]
     assert len(set(expected)) < len(expected), "a repeated token shows that no repetition penalty was applied"

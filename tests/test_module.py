@@ -8,10 +8,13 @@ import lightning as L
 import pytest
 import torch
 
-from titlegen import modeling, stepgraph
-from titlegen.data import TitleDataModule
-from titlegen.module import ModelConfigError, TitleGenModule
-from titlegen.stopping import GracefulStop, NonFiniteLossGuard
+from titlegen import perf
+from titlegen.data.datamodule import TitleDataModule
+from titlegen.errors import CheckpointError, OptionError
+from titlegen.model import generation
+from titlegen.module import TitleGenModule
+from titlegen.perf import stepgraph
+from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard
 
 from .conftest import build_tiny_model
 
@@ -50,7 +53,7 @@ def predictions(module: TitleGenModule, dm: TitleDataModule) -> tuple[float, lis
     with torch.no_grad():
         loss = module(batch).item()
     chat = module.chat
-    tokens = modeling.generate(
+    tokens = generation.generate(
         module.model, batch["prompt_ids"], batch["prompt_attention_mask"], 8, chat.end_of_turn_id, chat.pad_id
     )
     return loss, tokens
@@ -97,7 +100,7 @@ def test_checkpoint_of_another_scope_is_refused(peaky_dir, pairs_file, tmp_path)
     fit.fit(last, datamodule=dm)
     ckpt = tmp_path / "last.ckpt"
     fit.save_checkpoint(ckpt)
-    with pytest.raises(ModelConfigError, match=r"does not match the model's LoRA scope 'all'.*missing"):
+    with pytest.raises(CheckpointError, match=r"does not match the model's LoRA scope 'all'.*missing"):
         trainer(tmp_path).validate(make(peaky_dir, "all"), datamodule=dm, ckpt_path=str(ckpt))
 
 
@@ -111,7 +114,7 @@ def test_configure_model_is_idempotent(tiny_model_dir):
 
 
 def test_impossible_options_are_rejected_together_before_loading():
-    with pytest.raises(ModelConfigError, match=r"lora_r=0.*\n.*lora_dropout=1.5.*\n.*val_generate_samples=0"):
+    with pytest.raises(OptionError, match=r"lora_r=0.*\n.*lora_dropout=1.5.*\n.*val_generate_samples=0"):
         TitleGenModule(model_name="does/not-exist", lora_r=0, lora_dropout=1.5, val_generate_samples=0)
 
 
@@ -156,7 +159,7 @@ class _FirstStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
             self.eval_modules = [name for name, module in pl_module.named_modules() if not module.training]
-            layers = modeling.unwrapped(pl_module.model).model.layers
+            layers = perf.unwrapped(pl_module.model).model.layers
             self.checkpoints = [type(layer._gradient_checkpointing_func).__name__ for layer in layers]
 
 
@@ -227,7 +230,7 @@ def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_fi
     assert fit.global_step == 8
     # Steps 0 and 1 run eagerly (the first compiles; the second follows the rotary tables' first build), the rest
     # replay captured steps: two batch shapes here, each captured the first time it comes after that.
-    runner = modeling.unwrapped(module.model).__dict__[stepgraph.ATTRIBUTE]
+    runner = perf.unwrapped(module.model).__dict__[stepgraph.ATTRIBUTE]
     assert runner.graphs and runner.replays >= 4 and not runner.failures
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from titlegen.callbacks import TitleWriter
 from titlegen.cli import main
-from titlegen.inputs import read_abstracts
-from titlegen.splits import DataError
+from titlegen.data.records import read_abstracts
+from titlegen.errors import CheckpointError, DataError, OptionError
 
 from .conftest import REPO, build_tiny_model, run_args_for, synthetic_pairs, write_jsonl
 
@@ -104,13 +104,13 @@ def test_predict_writes_the_titles_test_generates(run_args, tmp_path):
 
 
 def test_predict_errors_name_the_option(run_args, tmp_path):
-    with pytest.raises(DataError, match=r"data.predict_file is not set.*Fix: --data.predict_file"):
+    with pytest.raises(OptionError, match=r"data.predict_file is not set.*Fix: --data.predict_file"):
         main(["predict", "--config", "baseline.yaml", *run_args])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"title": "no abstract"}\n')
     with pytest.raises(DataError, match=rf"{bad}:1: field 'abstract'"):
         main(["predict", "--config", "baseline.yaml", *run_args, f"--data.predict_file={bad}"])
-    with pytest.raises(SystemExit, match="`predict` of LoRA scope 'all' needs a trained checkpoint"):
+    with pytest.raises(CheckpointError, match="`predict` of LoRA scope 'all' needs a trained checkpoint"):
         main(["predict", "--config", "full_lora.yaml", *run_args, f"--data.predict_file={bad}"])
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen import modeling, stepgraph
-from titlegen.prefix import GRAPHS_ATTRIBUTE, GraphedPrefix
+from titlegen import perf
+from titlegen.model import lora
+from titlegen.perf import stepgraph
+from titlegen.perf.prefix import GRAPHS_ATTRIBUTE, GraphedPrefix
 
 from .conftest import build_tiny_model
 from .test_loss_equivalence import loss_and_grads, trained_looking_lora, training_batch
@@ -31,9 +33,9 @@ def test_deferred_prefix_keeps_the_loss_and_runs_each_frozen_layer_once_without_
     batch = {k: v.to(device) for k, v in training_batch(model_dir).items()}
     backbone = model.get_base_model().model
     layers = backbone.layers
-    reference = loss_and_grads(model, modeling.causal_lm_loss(model, **batch))
+    reference = loss_and_grads(model, perf.causal_lm_loss(model, **batch))
     # The first call runs plainly and learns what the layers return; the second defers them to the runner.
-    loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     runner = backbone.__dict__[GRAPHS_ATTRIBUTE]
     assert runner.returns_tuple is not None and len(runner.layers) == 3
 
@@ -45,7 +47,7 @@ def test_deferred_prefix_keeps_the_loss_and_runs_each_frozen_layer_once_without_
         return layer_forward(layer, *args, **kwargs)
 
     monkeypatch.setattr(type(layers[0]), "forward", counted)
-    loss, grads = loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    loss, grads = loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     assert calls[:3] == [(0, False), (1, False), (2, False)], "the frozen layers run once each, without autograd"
     assert {index for index, _ in calls[3:]} == {3}, "then only the adapted layer (forward and recompute)"
     # The same kernels in the same order: equal to the bit on the CPU; a GPU may sum gradients in another order.
@@ -56,7 +58,7 @@ def test_deferred_prefix_keeps_the_loss_and_runs_each_frozen_layer_once_without_
     assert not any("forward" in layer.__dict__ for layer in layers), "the overrides are gone"
     if device.type == "cpu":
         assert runner.replays == 0 and not runner.graphs
-    modeling.training_mode(model)
+    lora.training_mode(model)
     assert GRAPHS_ATTRIBUTE not in backbone.__dict__, "training_mode drops graphs that may hold stale addresses"
 
 

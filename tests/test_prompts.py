@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from titlegen.prompts import SYSTEM_PROMPT, build_messages, clean_title
+from titlegen.data.prompts import SYSTEM_PROMPT, build_messages, clean_title
 
 
 def test_build_messages_has_system_then_user_with_the_abstract():

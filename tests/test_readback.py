@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen.readback import Deferred, LatestValue
+from titlegen.perf.readback import Deferred, LatestValue
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="asynchronous copies need a GPU (run on the device)")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from titlegen.data import TitleDataModule
+from titlegen.data.datamodule import TitleDataModule
+from titlegen.data.splits import prepare_splits
 from titlegen.module import TitleGenModule
-from titlegen.splits import prepare_splits
 
 from .conftest import SHARED_PAIRS
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from titlegen import report
-from titlegen.cli import main
+from main import main
+from titlegen.report import command as report
+from titlegen.report import runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,7 @@ def test_report_table_figures_missing_and_examples(logs, tmp_path):
     base = table_row(text, "baseline")
     assert base[1] == "version_10", "the newest test run, by version number"
     values = scores(2, 200, 0.4)
-    for cell, name in zip(base[3:6], report.SCORES, strict=True):
+    for cell, name in zip(base[3:6], runs.SCORES, strict=True):
         point, low, high = map(float, re.fullmatch(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", cell).groups())
         assert point == pytest.approx(values[name].mean(), abs=5e-4)
         # A bootstrap interval of a mean of 200 values is close to the normal one, mean +- 1.96 standard errors.
@@ -107,7 +108,7 @@ def test_report_table_figures_missing_and_examples(logs, tmp_path):
     assert lora[3].endswith("(no per-sample scores)") and lora[4].endswith("(no per-sample scores)")
     assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", lora[5])
     assert lora[6:] == ["4,096", "8 min 45 s", "105", "2.25 GiB", "2.5 MB"]  # 425 s + 100 s; mean of 4 windows
-    curves = report.load_run(logs, "full_lora", 10, 0).fit.curves
+    curves = runs.load_run(logs, "full_lora", 10, 0).fit.curves
     # TensorBoard stores float32, hence approx; the resumed run's step 79 wins.
     assert curves["val/bertscore_f1"] == [(39, 0.5), (79, pytest.approx(0.65)), (119, pytest.approx(0.7))]
     assert curves["val/loss"] == [(39, 2.5), (79, pytest.approx(2.35)), (119, pytest.approx(2.3))]
@@ -135,19 +136,19 @@ def test_report_is_deterministic_and_the_seed_matters(logs, tmp_path):
     ids = lambda text: re.findall(r"^### \d\. `(s\d+)`", text, flags=re.MULTILINE)  # noqa: E731
     assert len(ids(first)) == 5 and ids(first) != ids(other)
     rows = [json.loads(line) for line in (logs / "baseline" / "version_10" / "predictions.jsonl").open()]
-    assert report.bootstrap_intervals(rows, 1000, 1) != report.bootstrap_intervals(rows, 1000, 2)
+    assert runs.bootstrap_intervals(rows, 1000, 1) != runs.bootstrap_intervals(rows, 1000, 2)
 
 
 def test_bootstrap_interval_of_constant_scores_is_a_point():
     rows = [{"bertscore_precision": 0.5, "bertscore_recall": 0.25, "bertscore_f1": 0.75}] * 10
-    assert report.bootstrap_intervals(rows, 100, 0) == {"precision": (0.5, 0.5), "recall": (0.25, 0.25),
+    assert runs.bootstrap_intervals(rows, 100, 0) == {"precision": (0.5, 0.5), "recall": (0.25, 0.25),
                                                         "f1": (0.75, 0.75)}  # fmt: skip
 
 
 def test_no_runs_at_all_lists_every_experiment_as_missing(tmp_path):
     main(["report", "--logs", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])  # through the CLI
     text = (tmp_path / "out" / "summary.md").read_text()
-    assert all(f"- **{name}**: no `test` results" in text for name in report.EXPERIMENTS)
+    assert all(f"- **{name}**: no `test` results" in text for name in runs.EXPERIMENTS)
     assert "| experiment |" not in text and not (tmp_path / "out" / "f1.png").exists()
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from titlegen.cli import main, newest_checkpoint
+from titlegen.cli import main
+from titlegen.data.sampling import LengthGroupedSampler
+from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
-from titlegen.preflight import PreflightError
-from titlegen.sampling import LengthGroupedSampler
-from titlegen.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard, TrainingInterrupted
+from titlegen.runtime.runs import newest_checkpoint
+from titlegen.runtime.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard, TrainingInterrupted
 
 from .conftest import synthetic_pairs, write_jsonl
 
@@ -250,7 +251,7 @@ def test_nan_loss_skips_its_update_and_stops_with_the_weights_from_before_it(
 # ----------------------------------------------------------------------------------------------- --ckpt_path last
 def test_ckpt_path_last_with_nothing_to_resume(tiny_model_dir, data, tmp_path, no_model_load):
     with pytest.raises(
-        PreflightError,
+        CheckpointError,
         match=rf"--ckpt_path last: {tmp_path}/logs/full_lora/version_\*/checkpoints/ holds no last.ckpt of"
         rf" '{tiny_model_dir}', so there is nothing to resume\. Fix: run without --ckpt_path",
     ):
@@ -277,7 +278,7 @@ def test_unwritable_log_dir_fails_before_loading(tiny_model_dir, data, tmp_path,
     blocker.write_text("not a directory")
     args = fit_args(tiny_model_dir, data, tmp_path, f"--trainer.logger.init_args.save_dir={blocker / 'logs'}")
     with pytest.raises(
-        PreflightError,
+        OptionError,
         match=rf"the log directory {blocker}/logs/full_lora cannot be created or written \(NotADirectoryError: .*\)\."
         r" Fix: make it writable, or pass --trainer.logger.init_args.save_dir DIR on a writable disk\.",
     ):
@@ -288,7 +289,7 @@ def test_full_disk_fails_before_loading(tiny_model_dir, data, tmp_path, no_model
     full = shutil._ntuple_diskusage(total=100 << 30, used=(100 << 30) - (100 << 20), free=100 << 20)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
     with pytest.raises(
-        PreflightError,
+        OptionError,
         match=rf"the disk of the log directory {tmp_path}/logs/full_lora has 100 MiB free; `fit` needs at least 1\.0"
         r" GiB for checkpoints \(last\.ckpt and the best\) and logs\. Fix: free space, or pass"
         r" --trainer\.logger\.init_args\.save_dir DIR on a disk with room\.",
@@ -328,7 +329,7 @@ def test_datamodule_state_is_the_next_batch_to_train(processed, expected):
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from titlegen.data import TitleDataModule
+    from titlegen.data.datamodule import TitleDataModule
 
     dm = TitleDataModule()
     progress = SimpleNamespace(current=SimpleNamespace(processed=processed))

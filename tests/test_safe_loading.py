@@ -15,10 +15,10 @@ from packaging.version import Version
 
 from titlegen import cli
 from titlegen.cli import main
-from titlegen.data import TitleDataModule
+from titlegen.data.datamodule import TitleDataModule
+from titlegen.data.tokenization import load_tokenizer
+from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
-from titlegen.preflight import PreflightError
-from titlegen.tokenization import load_tokenizer
 
 from .conftest import REPO, synthetic_pairs, write_jsonl
 
@@ -90,7 +90,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(tiny_model_dir, fitted, tmp
     with pytest.raises(pickle.UnpicklingError):  # what plain torch.load(weights_only=False) would have run
         torch.load(evil, weights_only=True)
     with pytest.raises(
-        PreflightError,
+        CheckpointError,
         match=rf"--ckpt_path {evil}: refused, it holds pickled Python objects that loading would have to run"
         r" \(.*\)\. titlegen loads only plain tensors and values, so a checkpoint cannot execute code\. Fix: use a"
         r" checkpoint written by `main.py fit`",
@@ -111,7 +111,7 @@ def test_lightning_itself_loads_weights_only(tiny_model_dir, fitted, tmp_path, m
 
 def test_weights_only_false_is_refused(tiny_model_dir, fitted):
     root, last = fitted
-    with pytest.raises(PreflightError, match=r"--weights_only=false: titlegen loads checkpoints as plain tensors"):
+    with pytest.raises(OptionError, match=r"--weights_only=false: titlegen loads checkpoints as plain tensors"):
         main(["test", *run_args(tiny_model_dir, root), "--ckpt_path", str(last), "--weights_only=false"])
 
 
@@ -120,7 +120,7 @@ def test_truncated_checkpoint_is_a_clear_error(tiny_model_dir, fitted, tmp_path)
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(last.read_bytes()[:1000])  # what a save cut short by a full disk leaves
     with pytest.raises(
-        PreflightError, match=rf"--ckpt_path {cut}: not a readable checkpoint \(.*\); a save cut short \(disk full"
+        CheckpointError, match=rf"--ckpt_path {cut}: not a readable checkpoint \(.*\); a save cut short \(disk full"
     ):
         main(["test", *run_args(tiny_model_dir, root), "--ckpt_path", str(cut)])
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from titlegen.data import TitleDataModule
-from titlegen.sampling import LengthGroupedSampler
+from titlegen.data.datamodule import TitleDataModule
+from titlegen.data.sampling import LengthGroupedSampler
 
 from .conftest import synthetic_pairs, write_jsonl
 

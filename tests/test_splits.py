@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from titlegen.splits import (
-    MANIFEST,
-    SPLITS,
-    DataError,
-    SplitSettings,
-    clean_and_dedupe,
-    prepare_splits,
-    read_pairs,
-    title_key,
-)
+from titlegen.data.records import read_pairs
+from titlegen.data.splits import MANIFEST, SPLITS, SplitSettings, clean_and_dedupe, prepare_splits, title_key
+from titlegen.errors import DataError
 
 from .conftest import synthetic_pairs, write_jsonl
 

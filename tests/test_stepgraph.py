@@ -11,9 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from titlegen import modeling, stepgraph
-from titlegen.data import Collator
-from titlegen.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen import perf
+from titlegen.data import collate
+from titlegen.data.collate import Collator
+from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
+from titlegen.model import lora
+from titlegen.perf import stepgraph
 
 from .conftest import build_tiny_model, synthetic_pairs
 from .test_loss_equivalence import assert_same, loss_and_grads, trained_looking_lora
@@ -24,7 +27,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 def lora_model(model_dir, scope, dropout=0.0):
     """A LoRA model as a fit builds it (the lean offloading checkpoint), with adapters that look trained."""
     model = trained_looking_lora(model_dir, scope, "offload", dropout)
-    modeling.training_mode(model)
+    lora.training_mode(model)
     return model
 
 
@@ -46,16 +49,16 @@ def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(
     assert first["input_ids"].shape == second["input_ids"].shape
     assert not torch.equal(first["input_ids"], second["input_ids"])
 
-    eager_first = loss_and_grads(model, modeling.causal_lm_loss(model, **first))
+    eager_first = loss_and_grads(model, perf.causal_lm_loss(model, **first))
     # A new shape runs eagerly first (it may compile); the second time it is captured and replayed.
     for _ in range(2):
-        graphed_first = loss_and_grads(model, modeling.causal_lm_loss(model, **first, cuda_graphs=True))
+        graphed_first = loss_and_grads(model, perf.causal_lm_loss(model, **first, cuda_graphs=True))
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
     assert (len(runner.graphs), runner.replays) == (1, 1)
     assert_same(eager_first, graphed_first)
 
-    eager = loss_and_grads(model, modeling.causal_lm_loss(model, **second))
-    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **second, cuda_graphs=True))
+    eager = loss_and_grads(model, perf.causal_lm_loss(model, **second))
+    graphed = loss_and_grads(model, perf.causal_lm_loss(model, **second, cuda_graphs=True))
     assert runner.replays == 2, "the same graph, with the second batch copied in"
     assert_same(eager, graphed)
     assert abs(graphed[0] - graphed_first[0]) > 1e-4, "a replay that ignored its new inputs would repeat the loss"
@@ -68,9 +71,9 @@ def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_ba
     batch = padded_batch(model_dir, 7, "cuda")
     # One step without the runner first: Unsloth builds its rotary tables at the first forward, which the runner
     # would take for tensors that moved (and run one more step eagerly).
-    loss_and_grads(model, modeling.causal_lm_loss(model, **batch))
+    loss_and_grads(model, perf.causal_lm_loss(model, **batch))
     for _ in range(2):
-        loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+        loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
     assert (len(runner.graphs), runner.replays) == (1, 1)
     old_graph = runner.graphs[next(iter(runner.graphs))].graph
@@ -78,14 +81,14 @@ def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_ba
     lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
     lora_a.data = lora_a.data * 1.5  # new storage: a replay of the old graph would read the freed one
     replays = runner.replays
-    loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     assert not runner.graphs and runner.replays == replays, "dropped; the shape runs eagerly once more first"
-    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    graphed = loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     assert len(runner.graphs) == 1 and runner.graphs[next(iter(runner.graphs))].graph is not old_graph
-    assert_same(loss_and_grads(model, modeling.causal_lm_loss(model, **batch)), graphed)
+    assert_same(loss_and_grads(model, perf.causal_lm_loss(model, **batch)), graphed)
 
-    loss = modeling.causal_lm_loss(model, **batch, cuda_graphs=True)
-    modeling.causal_lm_loss(model, **batch, cuda_graphs=True)
+    loss = perf.causal_lm_loss(model, **batch, cuda_graphs=True)
+    perf.causal_lm_loss(model, **batch, cuda_graphs=True)
     with pytest.raises(RuntimeError, match="replayed again before the backward of the previous one"):
         loss.backward()
 
@@ -95,9 +98,9 @@ def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eage
     model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
     model = lora_model(model_dir, "all")
     first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
-    loss_and_grads(model, modeling.causal_lm_loss(model, **first))  # builds Unsloth's rotary tables
+    loss_and_grads(model, perf.causal_lm_loss(model, **first))  # builds Unsloth's rotary tables
     for _ in range(2):  # eager (it may compile), then captured
-        loss_and_grads(model, modeling.causal_lm_loss(model, **first, cuda_graphs=True))
+        loss_and_grads(model, perf.causal_lm_loss(model, **first, cuda_graphs=True))
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
     assert (len(runner.graphs), runner.replays) == (1, 1)
 
@@ -105,7 +108,7 @@ def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eage
         # As Lightning accumulates two micro-batches: each loss scaled by 1/2, gradients summed in .grad.
         model.zero_grad(set_to_none=True)
         for batch in (first, second):
-            (modeling.causal_lm_loss(model, **batch, cuda_graphs=graphs) / 2).backward()
+            (perf.causal_lm_loss(model, **batch, cuda_graphs=graphs) / 2).backward()
         return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     eager, graphed = accumulated(False), accumulated(True)
@@ -115,9 +118,9 @@ def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eage
 
     smaller = {k: v[:4] for k, v in first.items() if k != "label_positions"}  # a last, smaller batch
     before = runner.replays, len(runner.graphs)
-    loss_and_grads(model, modeling.causal_lm_loss(model, **smaller, cuda_graphs=True))
+    loss_and_grads(model, perf.causal_lm_loss(model, **smaller, cuda_graphs=True))
     assert (runner.replays, len(runner.graphs)) == before, "a new batch size runs eagerly first"
-    loss_and_grads(model, modeling.causal_lm_loss(model, **smaller, cuda_graphs=True))
+    loss_and_grads(model, perf.causal_lm_loss(model, **smaller, cuda_graphs=True))
     assert runner.replays == before[0] + 1 and not runner.failures
 
 
@@ -128,7 +131,7 @@ def test_a_graph_serves_later_batches_with_fewer_title_positions_and_one_with_mo
     batch = padded_batch(model_dir, 7, "cuda")
 
     def with_labels(labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {**batch, "labels": labels, "label_positions": modeling.flat_label_positions(labels)}
+        return {**batch, "labels": labels, "label_positions": collate.flat_label_positions(labels)}
 
     labelled = batch["labels"] != -100
     fewer = batch["labels"].clone()
@@ -139,24 +142,24 @@ def test_a_graph_serves_later_batches_with_fewer_title_positions_and_one_with_mo
     assert n > with_labels(fewer)["label_positions"].numel() > 0
     assert with_labels(more)["label_positions"].numel() > stepgraph.rows_for(n)
 
-    loss_and_grads(model, modeling.causal_lm_loss(model, **batch))  # builds Unsloth's rotary tables
+    loss_and_grads(model, perf.causal_lm_loss(model, **batch))  # builds Unsloth's rotary tables
     for _ in range(2):  # eager (it may compile), then captured
-        loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+        loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
     assert [key[-1] for key in runner.graphs] == [stepgraph.rows_for(n)] and runner.replays == 1
 
-    eager = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(fewer)))
-    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(fewer), cuda_graphs=True))
+    eager = loss_and_grads(model, perf.causal_lm_loss(model, **with_labels(fewer)))
+    graphed = loss_and_grads(model, perf.causal_lm_loss(model, **with_labels(fewer), cuda_graphs=True))
     assert (len(runner.graphs), runner.replays) == (1, 2), "the same graph, with weight-0 rows for the rest"
     assert_same(eager, graphed)
 
-    eager = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(more)))
-    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **with_labels(more), cuda_graphs=True))
+    eager = loss_and_grads(model, perf.causal_lm_loss(model, **with_labels(more)))
+    graphed = loss_and_grads(model, perf.causal_lm_loss(model, **with_labels(more), cuda_graphs=True))
     assert (len(runner.graphs), runner.replays) == (2, 3), "captured at once: the shape and batch size ran before"
     assert_same(eager, graphed)
-    graphed = loss_and_grads(model, modeling.causal_lm_loss(model, **batch, cuda_graphs=True))
+    graphed = loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True))
     assert (len(runner.graphs), runner.replays) == (2, 4) and not runner.failures
-    assert_same(loss_and_grads(model, modeling.causal_lm_loss(model, **batch)), graphed)
+    assert_same(loss_and_grads(model, perf.causal_lm_loss(model, **batch)), graphed)
 
 
 def test_a_new_graph_has_a_quarter_more_rows_than_its_batch_and_a_batch_takes_the_smallest_graph_that_fits():
@@ -177,7 +180,7 @@ def test_no_step_graphs_with_dropout_or_unsloths_checkpoint_and_none_on_the_cpu(
     with_dropout = lora_model(tiny_model_dir, "all", dropout=0.1)
     assert stepgraph.runner_of(with_dropout.get_base_model()) is None, "a replay would repeat the random numbers"
     unsloths = trained_looking_lora(tiny_model_dir, "all", "unsloth")
-    modeling.training_mode(unsloths)
+    lora.training_mode(unsloths)
     assert stepgraph.runner_of(unsloths.get_base_model()) is None, "its offload grows buffers a graph cannot see"
     model = lora_model(tiny_model_dir, "all")
     runner = stepgraph.runner_of(model.get_base_model())
@@ -189,14 +192,14 @@ def test_no_step_graphs_with_dropout_or_unsloths_checkpoint_and_none_on_the_cpu(
 
         monkeypatch.setattr(stepgraph.StepGraphs, "__call__", tripwire)
         batch = padded_batch(tiny_model_dir, 7, "cpu")
-        assert modeling.causal_lm_loss(model, **batch, cuda_graphs=True).grad_fn is not None
+        assert perf.causal_lm_loss(model, **batch, cuda_graphs=True).grad_fn is not None
 
 
 def test_the_tensors_a_step_reads_change_when_a_weight_or_the_rotary_table_moves(tiny_model_dir):
     peft_model = lora_model(tiny_model_dir, "all")
     device = next(peft_model.parameters()).device
     # A step first: on a GPU, Unsloth builds its rotary tables at the first forward.
-    modeling.causal_lm_loss(peft_model, **padded_batch(tiny_model_dir, 7, device)).backward()
+    perf.causal_lm_loss(peft_model, **padded_batch(tiny_model_dir, 7, device)).backward()
     model = peft_model.get_base_model()
     before = stepgraph.tensors_read(model)
     assert stepgraph.tensors_read(model) == before, "nothing moved"

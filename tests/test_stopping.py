@@ -12,7 +12,8 @@ import lightning as L
 import pytest
 import torch
 
-from titlegen.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard, skips_on_device
+from titlegen.runtime.patches import skips_on_device
+from titlegen.runtime.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard
 
 
 class Toy(L.LightningModule):

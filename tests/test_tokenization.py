@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from titlegen.splits import DataError
-from titlegen.tokenization import chat_tokens, encode_pairs, render_prompt
+from titlegen.data.tokenization import chat_tokens, encode_pairs, render_prompt
+from titlegen.errors import DataError
 
 from .conftest import build_tokenizer, synthetic_pairs
 from .test_data import ASSISTANT_HEADER, MAX_LEN, _records

@@ -1,6 +1,6 @@
 """What a run does beside the LightningModule: adapter export, sample titles, throughput, predicted titles file.
 
-Stopping a fit cleanly (signals, a non-finite loss) is `titlegen.stopping`."""
+Stopping a fit cleanly (signals, a non-finite loss) is `titlegen.runtime.stopping`."""
 
 from __future__ import annotations
 
@@ -15,18 +15,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen.metrics import gather_from_ranks
+from titlegen.runtime.runs import run_dir
 
 
 def _tensorboard(trainer: L.Trainer) -> Any:
     logger = trainer.logger
     experiment = getattr(logger, "experiment", None) if logger is not None else None
     return experiment if hasattr(experiment, "add_text") else None
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The run's log folder ("." without a logger). Call it on every rank, before any rank-0-only work: under DDP
-    `trainer.log_dir` is a broadcast from rank 0, so rank 0 alone asking waits forever for the others."""
-    return Path(trainer.log_dir or ".")
 
 
 class AdapterExport(L.Callback):
@@ -44,7 +39,7 @@ class AdapterExport(L.Callback):
         out_dir = run_dir(trainer)
         if not trainer.is_global_zero:
             return
-        from titlegen.modeling import save_adapter
+        from titlegen.model.merge import save_adapter
 
         path = save_adapter(pl_module.model, out_dir / self.dirname)
         rank_zero_info(f"PEFT adapter saved to {path}")

@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import re
-import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from titlegen.callbacks import AdapterExport, SampleTitles, Throughput, TitleWriter
-from titlegen.data import TitleDataModule
+from titlegen.data.datamodule import TitleDataModule
+from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
-from titlegen.preflight import MIN_FREE_BYTES, PreflightError, check_checkpoint, check_model, check_writable
-from titlegen.stopping import GracefulStop, NonFiniteLossGuard, TrainingInterrupted
+from titlegen.runtime.preflight import MIN_FREE_BYTES, check_checkpoint, check_model, check_writable
+from titlegen.runtime.runs import experiment_dir, logger_root, newest_checkpoint
+from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard, TrainingInterrupted
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # --ckpt_path values that Lightning itself resolves (titlegen resolves `last` first, see _resolve_last_checkpoint).
 LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
-
-
-class ConfigNotFound(SystemExit):
-    pass
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
@@ -47,40 +45,9 @@ def _find_config(name: str) -> str:
         if candidate.is_file():
             return str(candidate)
     available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigNotFound(
-        f"error: --config {name!r}: no such file, and none named so in {CONFIG_DIR}. Fix: give a path, or one of:"
-        f" {available}"
+    raise OptionError(
+        f"--config {name!r}: no such file, and none named so in {CONFIG_DIR}. Fix: give a path, or one of: {available}"
     )
-
-
-def newest_checkpoint(
-    save_dir: str | Path, experiment: str, model_name: str | None = None, pattern: str = "*.ckpt"
-) -> Path | None:
-    """The most recently written checkpoint of an experiment, or None.
-
-    With `model_name`, only runs of that base model count (read from the run's hparams.yaml), so a SmolLM2 run
-    under the same experiment name is never tested on Qwen. `pattern` narrows the file names (`last*.ckpt`).
-    """
-    found = sorted(Path(save_dir, experiment).glob(f"version_*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
-    if model_name is not None:
-        found = [p for p in found if _run_model_name(p.parents[1]) in (model_name, None)]
-    return found[-1] if found else None
-
-
-def _run_model_name(run_dir: Path) -> str | None:
-    hparams = run_dir / "hparams.yaml"
-    if not hparams.is_file():
-        return None
-    return (yaml.safe_load(hparams.read_text()) or {}).get("model_name")
-
-
-def _logger_root(trainer_config: Any) -> tuple[Path, str] | None:
-    """save_dir and name of the configured logger (a parsed, not yet instantiated, config), if it has them."""
-    logger = trainer_config.get("logger")
-    init_args = logger.get("init_args") if hasattr(logger, "get") else None
-    if init_args is None or init_args.get("save_dir") is None:
-        return None
-    return Path(init_args.save_dir), str(init_args.get("name") or "")
 
 
 class TitleGenCLI(LightningCLI):
@@ -132,6 +99,14 @@ class TitleGenCLI(LightningCLI):
             check_checkpoint(str(ckpt_path))
             self._checked_ckpt = str(ckpt_path)
 
+    def before_instantiate_classes(self) -> None:
+        # Before the module, the data and the Trainer are built: the model's name must be loadable (a path, a GGUF
+        # file, a hub id or its cache) and its LoRA layers must exist. Reads the model's config, no weights.
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # not for `run=False` (parsing only; `main.py export` checks before it loads)
+            model = self.config[subcommand].model
+            check_model(model.model_name, model.lora_scope, model.trust_remote_code)
+
     def before_fit(self) -> None:
         self._preflight("fit")
 
@@ -165,13 +140,13 @@ class TitleGenCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else None
         if config is None or config.get("ckpt_path") != "last":
             return
-        root = _logger_root(config.trainer)
+        root = logger_root(config.trainer)
         save_dir, name = root if root else (Path(config.trainer.default_root_dir or "."), "lightning_logs")
         model_name = config.model.model_name
         found = newest_checkpoint(save_dir, name, model_name, pattern="last*.ckpt")
         if found is None:
-            raise PreflightError(
-                f"error: --ckpt_path last: {Path(save_dir, name)}/version_*/checkpoints/ holds no last.ckpt of"
+            raise CheckpointError(
+                f"--ckpt_path last: {Path(save_dir, name)}/version_*/checkpoints/ holds no last.ckpt of"
                 f" {model_name!r}, so there is nothing to resume. Fix: run without --ckpt_path to start training,"
                 " or pass --ckpt_path PATH to a checkpoint (and the same --config and --trainer.logger options as"
                 " the run that wrote it)."
@@ -184,11 +159,11 @@ class TitleGenCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(found.parent))} exists")
 
     def _preflight(self, subcommand: str) -> None:
-        """Checks that need nothing loaded: the log folder, the checkpoint's safety, the model's name and layers."""
+        """Checks that need nothing loaded: the log folder and the checkpoint's safety."""
         config = self.config_init[subcommand]
         if config.get("weights_only") is False:
-            raise PreflightError(
-                "error: --weights_only=false: titlegen loads checkpoints as plain tensors and values only, so that"
+            raise OptionError(
+                "--weights_only=false: titlegen loads checkpoints as plain tensors and values only, so that"
                 " loading one never runs code. Fix: drop the option; titlegen's checkpoints need nothing else."
             )
         if "weights_only" in config:
@@ -207,21 +182,17 @@ class TitleGenCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")  # also the newest checkpoint that `test` takes by default
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and str(ckpt_path) != self._checked_ckpt:
             check_checkpoint(str(ckpt_path))
-        hp = self.model.hparams
-        check_model(hp.model_name, hp.lora_scope, hp.trust_remote_code)
 
     def _default_to_newest_checkpoint(self, subcommand: str) -> None:
         """Evaluating a LoRA experiment without `--ckpt_path` takes its newest checkpoint, and says which."""
         config = self.config_init[subcommand]
         if config.get("ckpt_path") or self.model.hparams.lora_scope == "none":
             return
-        logger = self.trainer.logger
-        save_dir = getattr(logger, "save_dir", None) or "lightning_logs"
-        name = getattr(logger, "name", None) or ""
+        save_dir, name = experiment_dir(self.trainer)
         found = newest_checkpoint(save_dir, name, self.model.hparams.model_name)
         if found is None:
-            raise SystemExit(
-                f"error: `{subcommand}` of LoRA scope {self.model.hparams.lora_scope!r} needs a trained checkpoint, and"
+            raise CheckpointError(
+                f"`{subcommand}` of LoRA scope {self.model.hparams.lora_scope!r} needs a trained checkpoint, and"
                 f" {Path(save_dir, name)}/version_*/checkpoints/ holds none for {self.model.hparams.model_name!r}."
                 " Fix: run `fit` with this config first,"
                 " or pass --ckpt_path PATH."
@@ -230,31 +201,26 @@ class TitleGenCLI(LightningCLI):
         config["ckpt_path"] = str(found)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> TitleGenCLI | None:
-    """Entry point; tests call it with an argument list, as `main.py` calls it with sys.argv.
-
-    `report` and `export` are not Trainer methods, so not LightningCLI subcommands: they have their own parsers
-    (`main.py report --help`) and return None here.
-    """
-    command, *rest = (sys.argv[1:] if args is None else args) or [None]
-    if command in ("report", "export"):
-        import importlib
-
-        importlib.import_module(f"titlegen.{command}").main(rest)
-        return None
-    if args is None:
-        # Rewrite argv in place: LightningCLI warns when given both `args` and command-line arguments.
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    else:
-        args = resolve_config_args(args)
-    return TitleGenCLI(
-        TitleGenModule,
-        TitleDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=3407,
-        # Always on, whatever a config's callbacks list says: stop cleanly on a signal or a non-finite loss.
-        trainer_defaults={"callbacks": [GracefulStop(), NonFiniteLossGuard()]},
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-    )
+def main(args: list[str], run: bool = True) -> TitleGenCLI:
+    """`fit`, `validate`, `test` and `predict` with `args` as on the command line (`main.py` passes its own)."""
+    with warnings.catch_warnings():
+        # LightningCLI warns when given an argument list while sys.argv holds arguments too; `main.py` passes the
+        # command line itself, with config names resolved, so the two never disagree.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
+        try:
+            return TitleGenCLI(
+                TitleGenModule,
+                TitleDataModule,
+                args=resolve_config_args(args),
+                run=run,
+                seed_everything_default=3407,
+                # Always on, whatever a config's callbacks list says: stop cleanly on a signal or a non-finite loss.
+                trainer_defaults={"callbacks": [GracefulStop(), NonFiniteLossGuard()]},
+                save_config_kwargs={"overwrite": True},
+                # Parse errors are raised, not printed with the usage: `main.py` prints each user error one way.
+                parser_kwargs={"default_env": False, "exit_on_error": False},
+            )
+        except ArgumentError as err:
+            command = next((a for a in args if a in SUBCOMMANDS), None)
+            where = f"python main.py {command} --help" if command else "python main.py --help"
+            raise OptionError(f"{err}\nFix: see `{where}` for the options and the values they take.") from err

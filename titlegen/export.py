@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+
+from titlegen.errors import CheckpointError, OptionError
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,43 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: list[str]) -> tuple[Path, Path]:
     """Run the export; returns the adapter and merged folders."""
-    from titlegen import modeling
     from titlegen.cli import main as cli_main
-    from titlegen.cli import newest_checkpoint
-    from titlegen.preflight import check_checkpoint
+    from titlegen.model import merge
+    from titlegen.runtime.preflight import check_checkpoint, check_model
+    from titlegen.runtime.runs import experiment_dir, newest_checkpoint
 
     options, rest = build_parser().parse_known_args(args)
-    # The experiment's model options, exactly as `fit` resolves them. LightningCLI warns when it is given an argument
-    # list while sys.argv holds arguments too (`main.py export ...`); here the list is those arguments, minus ours.
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = cli_main(rest, run=False)
-    finally:
-        sys.argv = argv
+    cli = cli_main(rest, run=False)  # the experiment's model options, exactly as `fit` resolves them
     module = cli.model
     hp = module.hparams
     if hp.lora_scope == "none":
-        raise SystemExit(
-            "error: export: LoRA scope 'none' (the baseline) trains nothing, so there is no adapter to export."
+        raise OptionError(
+            "export: LoRA scope 'none' (the baseline) trains nothing, so there is no adapter to export."
             f" Fix: use the base model {hp.model_name!r} itself, or export a LoRA experiment."
         )
     ckpt_path = options.ckpt_path
     if ckpt_path is None:
-        logger = cli.trainer.logger
-        save_dir, name = getattr(logger, "save_dir", None) or "lightning_logs", getattr(logger, "name", None) or ""
+        save_dir, name = experiment_dir(cli.trainer)
         ckpt_path = newest_checkpoint(save_dir, name, hp.model_name)
         if ckpt_path is None:
-            raise SystemExit(
-                f"error: export: {Path(save_dir, name)}/version_*/checkpoints/ holds no checkpoint for"
+            raise CheckpointError(
+                f"export: {Path(save_dir, name)}/version_*/checkpoints/ holds no checkpoint for"
                 f" {hp.model_name!r}. Fix: run `fit` with this config first, or pass --ckpt_path PATH."
             )
         rank_zero_info(f"Exporting the newest checkpoint of {name!r}: {ckpt_path}")
     ckpt_path = Path(ckpt_path)
+    check_model(hp.model_name, hp.lora_scope, hp.trust_remote_code)
     checkpoint = check_checkpoint(str(ckpt_path))  # tensors and plain values only, or a clear refusal
     trained_on = checkpoint.get("hyper_parameters", {}).get("model_name")
     if trained_on not in (None, hp.model_name):
-        raise SystemExit(
-            f"error: export: {ckpt_path} was trained on {trained_on!r}, but the config says model.model_name="
+        raise CheckpointError(
+            f"export: {ckpt_path} was trained on {trained_on!r}, but the config says model.model_name="
             f"{hp.model_name!r}. Fix: pass the configs it was trained with (e.g. --config offline.yaml)."
         )
     module.configure_model()
@@ -84,9 +79,9 @@ def main(args: list[str]) -> tuple[Path, Path]:
     module.model.eval()
 
     out = Path(options.out) if options.out else ckpt_path.parents[1] / "export" / ckpt_path.stem
-    adapter = modeling.save_adapter(module.model, out / "adapter")
+    adapter = merge.save_adapter(module.model, out / "adapter")
     module.tokenizer.save_pretrained(adapter)  # the base's tokenizer, with titlegen's end-of-turn eos and pad
-    merged = modeling.export_merged(
+    merged = merge.export_merged(
         module.model, hp.model_name, module.tokenizer, out / "merged", DTYPES[options.dtype], hp.trust_remote_code
     )
     rank_zero_info(f"Exported {ckpt_path}:\n  PEFT adapter: {adapter}\n  merged model: {merged}")

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from titlegen.resources import resolve_packaged_path
+from titlegen.modelfiles import resolve_packaged_path
+from titlegen.runtime.patches import cap_bertscore_length
 
 
 def gather_from_ranks(local: list[Any]) -> list[Any]:
@@ -77,11 +78,7 @@ class BERTScoreMetric:
                 model_type=model_type, num_layers=self.num_layers, lang=self.lang, batch_size=self.batch_size,
                 device=device,
             )  # fmt: skip
-            tokenizer = self._scorer._tokenizer
-            # bert-score truncates to model_max_length; a local encoder saved without one reports ~1e30, which the
-            # tokenizer cannot take. 512 is the BERT-family position limit.
-            if tokenizer.model_max_length > 100_000:
-                tokenizer.model_max_length = 512
+            cap_bertscore_length(self._scorer)
         return self._scorer
 
     def gathered(self) -> tuple[list[str], list[str], list[str]]:

@@ -13,13 +13,14 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 
-from titlegen import gradsync, modeling
-from titlegen.callbacks import run_dir
+from titlegen import perf
+from titlegen.data.prompts import clean_title
+from titlegen.data.tokenization import ChatTokens, chat_tokens, load_tokenizer
+from titlegen.errors import CheckpointError, OptionError
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
-from titlegen.modeling import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope, ModelConfigError
-from titlegen.prompts import clean_title
-from titlegen.readback import LatestValue
-from titlegen.tokenization import ChatTokens, chat_tokens, load_tokenizer
+from titlegen.model import generation, loading, lora
+from titlegen.model.lora import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope
+from titlegen.runtime.runs import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ class TitleGenModule(L.LightningModule):
         self.bertscore = BERTScoreMetric(bertscore_model, bertscore_num_layers, bertscore_lang)
         self.generations: list[dict[str, Any]] = []
         self.trainable_params = 0
-        self._bar_loss = LatestValue()
-        self._grad_sync: gradsync.FlatGradientSync | None = None
+        self._bar_loss = perf.LatestValue()
+        self._grad_sync: perf.FlatGradientSync | None = None
 
     # ------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -111,21 +112,21 @@ class TitleGenModule(L.LightningModule):
         self.chat = chat_tokens(self.tokenizer)
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         device_map = {"": device.index or 0} if device.type == "cuda" else "sequential"
-        base = modeling.load_base_model(hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code)
-        self.model = modeling.apply_lora(
+        base = loading.load_base_model(hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code)
+        self.model = lora.apply_lora(
             base, hp.lora_scope, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules,
             hp.gradient_checkpointing, hp.lora_seed,
         )  # fmt: skip
-        self.trainable_params = modeling.trainable_parameters(self.model)
+        self.trainable_params = lora.trainable_parameters(self.model)
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
         if self.trainable_params and self._trainer is not None and self.trainer.training:
             # Already here, not only in on_fit_start: callbacks' on_fit_start (the model summary's count of modules
             # in eval mode) runs before the module's.
-            modeling.training_mode(self.model)
+            lora.training_mode(self.model)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the title tokens (the model's own loss, computed only where it is needed)."""
-        return modeling.causal_lm_loss(
+        return perf.causal_lm_loss(
             self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("label_positions"),
             cuda_graphs=self.hparams.cuda_graphs,
         )  # fmt: skip
@@ -138,14 +139,14 @@ class TitleGenModule(L.LightningModule):
         # on_train_start: Lightning checks the modules' mode (and warns) just before that hook. configure_model does
         # it too, but builds only once: a fit after a validate or test of the same module relies on this one.
         if self.trainable_params:
-            modeling.training_mode(self.model)
+            lora.training_mode(self.model)
         if self.logger is not None:
             self.logger.log_metrics({"model/trainable_params": float(self.trainable_params)}, step=0)
 
     def on_train_start(self) -> None:
         # Under DDP, one all-reduce of all LoRA gradients a step instead of DDP's reducer (gradsync).
         params = [p for p in self.parameters() if p.requires_grad]
-        self._grad_sync = gradsync.take_over(self.trainer.strategy, params)
+        self._grad_sync = perf.take_over_gradient_sync(self.trainer.strategy, params)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if self.trainable_params == 0:
@@ -189,7 +190,7 @@ class TitleGenModule(L.LightningModule):
         # Lightning's .train() alone would leave Unsloth in its inference state after generating titles.
         super().on_validation_model_train()
         if self.model is not None and self.trainable_params:
-            modeling.training_mode(self.model)
+            lora.training_mode(self.model)
 
     def on_validation_epoch_start(self) -> None:
         self.generations = []
@@ -261,7 +262,7 @@ class TitleGenModule(L.LightningModule):
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
         saved = set(checkpoint["state_dict"])
         if saved != expected:
-            raise ModelConfigError(
+            raise CheckpointError(
                 f"checkpoint does not match the model's LoRA scope {self.hparams.lora_scope!r}:"
                 f" {len(expected - saved)} adapter weight(s) missing, {len(saved - expected)} unexpected"
                 f" (e.g. {sorted(expected ^ saved)[:2]}). Fix: test with the config the checkpoint was trained with."
@@ -273,7 +274,7 @@ class TitleGenModule(L.LightningModule):
         mask = batch["prompt_attention_mask"][rows]
         # Drop the padding columns that only the skipped rows needed.
         first = int((mask.sum(0) > 0).nonzero()[0])
-        new_tokens = modeling.generate(
+        new_tokens = generation.generate(
             self.model, batch["prompt_ids"][rows, first:], mask[:, first:], self.hparams.max_new_tokens,
             self.chat.end_of_turn_id, self.chat.pad_id,
         )  # fmt: skip
@@ -354,4 +355,4 @@ def _check_options(
     if lr <= 0:
         problems.append(f"model.learning_rate={lr}: must be positive (e.g. 2e-4)")
     if problems:
-        raise ModelConfigError("invalid model options:\n  " + "\n  ".join(problems))
+        raise OptionError("invalid model options:\n  " + "\n  ".join(problems))

@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from titlegen.perf import patches
+
 
 class FlatGradientSync:
     """Averages `params`' gradients over the ranks of `ddp`'s process group, which no longer does it itself."""
@@ -77,7 +79,7 @@ def take_over(strategy: Any, params: list[torch.Tensor]) -> FlatGradientSync | N
     if not dist.is_initialized() or dist.get_world_size(ddp.process_group) < 2:
         return None
     # A communication hook (compression, local SGD) or DDP's unused-parameter search depends on the reducer.
-    if getattr(ddp, "_comm_hooks", None) or ddp.find_unused_parameters or ddp.static_graph:
+    if patches.ddp_has_comm_hook(ddp) or ddp.find_unused_parameters or ddp.static_graph:
         return None
     # Manual optimization calls the reducer itself (Lightning turns it back on after each forward).
     module = getattr(strategy, "lightning_module", None)

@@ -23,7 +23,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from titlegen.readback import Deferred
+from titlegen.errors import TitleGenError
+from titlegen.perf import Deferred
+from titlegen.runtime import patches
 
 RESUME_HINT = "run the same `fit` command again with `--ckpt_path last`"
 
@@ -32,8 +34,11 @@ class TrainingInterrupted(SystemExit):
     """`fit` stopped on SIGINT/SIGTERM after saving a resumable checkpoint; the message says how to resume."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss is NaN or infinite; raised before any update from it, so the saved weights are still good."""
+class NonFiniteLossError(TitleGenError, RuntimeError):
+    """The training loss is NaN or infinite; raised before any update from it, so the saved weights are still good.
+    Not the user's mistake as such, but one they can act on: the message says what to change."""
+
+    exit_status = 1
 
 
 def save_last_checkpoint(trainer: L.Trainer) -> Path | None:
@@ -56,27 +61,12 @@ def distributed(trainer: L.Trainer) -> bool:
     return trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def skips_on_device(optimizer: Any) -> bool:
-    """Whether `optimizer.step()` skips its update by itself where `optimizer.found_inf` is 1: torch's fused Adam, AdamW
-    and SGD. Checked per param group: a group restored from a checkpoint saved without `fused` steps unfused, and
-    the unfused step refuses `found_inf`."""
-    groups = getattr(optimizer, "param_groups", [])
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False) and groups) and all(
-        g.get("fused") for g in groups
-    )
-
-
 def any_rank(flag: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
     """The 0-dim int `flag`'s maximum over the ranks, on the flag's device, not read: the all-reduce is queued."""
     flag = flag.to(torch.int32, copy=True)  # the caller's tensor stays as it was; NCCL and gloo reduce ints
     if distributed(trainer):
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return flag
-
-
-def _restore_sigterm_broadcast(trainer: L.Trainer) -> None:
-    """Remove GracefulStop's stand-in for Lightning's per-step SIGTERM broadcast, where it installed one."""
-    trainer.fit_loop.epoch_loop.__dict__.pop("_broadcast_sigterm_tensor", None)
 
 
 class GracefulStop(L.Callback):
@@ -104,18 +94,17 @@ class GracefulStop(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._distributed = distributed(trainer)
-        loop = trainer.fit_loop.epoch_loop
-        if self._distributed and hasattr(loop, "_broadcast_sigterm_tensor"):
-            loop._broadcast_sigterm_tensor = lambda: None  # an instance attribute, removed when the fit ends
+        if self._distributed:
+            patches.skip_sigterm_broadcast(trainer)  # undone when the fit ends
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning registered its SIGTERM handler (which it restores, with SIGINT's, at teardown).
         self.received, self.saved, self._decided, self._decisions = None, None, False, Deferred()
-        if self._distributed and getattr(trainer, "received_sigterm", False):
+        if self._distributed and patches.received_sigterm(trainer):
             # Lightning's handler took a SIGTERM before training started, and set the flag that its loop checks on
             # this rank alone: it goes through the ranks' decision like any later signal.
             self.received = signal.SIGTERM
-            trainer._signal_connector.received_sigterm = False
+            patches.set_received_sigterm(trainer, False)
         if threading.current_thread() is not threading.main_thread():
             return
         lightning_sigterm = signal.getsignal(signal.SIGTERM)
@@ -159,13 +148,13 @@ class GracefulStop(L.Callback):
             # Lightning's own stop, as on one process, now on every rank at once: it raises SIGTERMException after
             # this batch (after the validation, if this was its last), at a point a resume continues from.
             self._decided = True
-            trainer._signal_connector.received_sigterm = True
+            patches.set_received_sigterm(trainer, True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _restore_sigterm_broadcast(trainer)
+        patches.restore_sigterm_broadcast(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        _restore_sigterm_broadcast(trainer)
+        patches.restore_sigterm_broadcast(trainer)
         # Lightning itself stops a running validation (SIGTERMException) between two batches: on one process on the
         # signal, under DDP on the ranks' decision above. Save the state there too. Not on a second Ctrl+C
         # (KeyboardInterrupt), which may come in the middle of a step.
@@ -229,11 +218,11 @@ class NonFiniteLossGuard(L.Callback):
             return
         bad = any_rank(~finite, trainer).float()  # every rank decides the same
         where = (trainer.global_step, trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx)
-        if not skips_on_device(optimizer):
+        if not patches.skips_on_device(optimizer):
             if bool(bad):  # waits for the GPU: this optimizer cannot skip the update by itself
                 self._stop(trainer, pl_module, where, float(loss), late=False)
             return
-        optimizer.found_inf = bad  # the fused kernel leaves weights, moments and step counts as they are if 1
+        patches.skip_update_where(optimizer, bad)
         self._pending.push(torch.stack([bad, loss]), where)
         self._stop_at_first_bad(trainer, pl_module, self._pending.earlier())
 
@@ -244,7 +233,7 @@ class NonFiniteLossGuard(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check_pending(trainer, pl_module)
         for optimizer in trainer.optimizers:
-            optimizer.__dict__.pop("found_inf", None)
+            patches.clear_skip_flag(optimizer)
 
     def check_pending(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Read every flag not read yet, the newest included; stop if one was bad. Every rank must call it."""

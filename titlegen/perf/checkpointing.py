@@ -8,7 +8,7 @@ twice per layer per step, is a measurable share of it (`docs/performance.md`). T
 - backward: bring the input back, rerun the layer under autograd with the same autocast (and RNG, when asked)
   state, and backpropagate the incoming gradient through it.
 
-The installer is `modeling.use_lean_checkpointing`; the equality of its gradients with an uncheckpointed layer's is
+The installer is `use_lean_checkpointing`; the equality of its gradients with an uncheckpointed layer's is
 tested in `tests/test_checkpointing.py`.
 """
 
@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+
+from titlegen.perf import patches
 
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
@@ -118,7 +120,7 @@ class _Checkpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> Any:
-        if ctx.run is None or not torch.autograd._is_checkpoint_valid():
+        if ctx.run is None or not patches.checkpoint_is_valid():
             raise RuntimeError(
                 "A LeanCheckpoint layer was backpropagated twice, or through torch.autograd.grad: like torch's "
                 "reentrant checkpoint, it supports one .backward() per forward. Fix: call loss.backward() once, or "
@@ -176,3 +178,19 @@ class LeanCheckpoint:
             # layer's LoRA weights would get no gradient: run it plainly (more memory, right gradients).
             return run(hidden)
         return _Checkpoint.apply(run, self.offload, self.preserve_rng, hidden)
+
+
+def use_lean_checkpointing(causal_lm: torch.nn.Module, offload: bool = True) -> None:
+    """Swap Unsloth's offloaded checkpoint for `LeanCheckpoint`, which does the same with less Python.
+
+    Called for `gradient_checkpointing` `offload` and `gpu` (`offload=False`: every layer keeps its input on the
+    GPU), and only layers that checkpoint are touched. The last checkpointed layer keeps its input on the GPU:
+    backward needs it again at once. RNG state is replayed only when a LoRA or attention dropout draws random
+    numbers.
+    """
+    layers = [layer for layer in causal_lm.model.layers if getattr(layer, "gradient_checkpointing", False)]
+    dropout = draws_random_numbers(causal_lm.config, layers)
+    for index, layer in enumerate(layers):
+        patches.set_checkpoint_function(
+            layer, LeanCheckpoint(offload=offload and index < len(layers) - 1, preserve_rng=dropout)
+        )

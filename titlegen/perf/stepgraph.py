@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from titlegen import prefix
-from titlegen.checkpointing import LeanCheckpoint, PinnedArena, draws_random_numbers, pinned_arena
+from titlegen.perf import patches, prefix
+from titlegen.perf.checkpointing import LeanCheckpoint, PinnedArena, draws_random_numbers, pinned_arena
 
 log = logging.getLogger(__name__)
 ATTRIBUTE = "_titlegen_step_graphs"  # where a CausalLM keeps its StepGraphs between steps
@@ -86,9 +86,6 @@ class _Replayed(torch.autograd.Function):
         return None, None, *torch._foreach_mul(runner.grads, grad)
 
 
-_ROTARY_TABLES = ("multi_gpu_cos_cached", "multi_gpu_sin_cached", "cos_cached", "sin_cached")
-
-
 def tensors_read(model: torch.nn.Module) -> tuple[int, ...]:
     """Addresses of what a captured step reads besides its inputs; a graph is valid while these do not change.
 
@@ -97,28 +94,14 @@ def tensors_read(model: torch.nn.Module) -> tuple[int, ...]:
     """
     found: list[int] = []
     for module in model.modules():
-        for tensors in (module._parameters.values(), module._buffers.values()):
-            for tensor in tensors:
-                if tensor is None:
-                    continue
-                found.append(tensor.data_ptr())
-                state = tensor.__dict__.get("quant_state")
-                while state is not None:  # bitsandbytes' 4-bit state, and its nested state for the absmax
-                    found += [v.data_ptr() for v in vars(state).values() if isinstance(v, torch.Tensor)]
-                    state = getattr(state, "state2", None)
-        attributes = module.__dict__
-        for name in _ROTARY_TABLES:  # Unsloth's rotary tables: plain attributes, not buffers
-            value = attributes.get(name)
-            if value is not None:
-                values = value if isinstance(value, list | tuple) else [value]
-                found += [v.data_ptr() for v in values if isinstance(v, torch.Tensor)]
+        for tensor in patches.module_tensors(module):
+            found.append(tensor.data_ptr())
+            state = tensor.__dict__.get("quant_state")
+            while state is not None:  # bitsandbytes' 4-bit state, and its nested state for the absmax
+                found += [v.data_ptr() for v in vars(state).values() if isinstance(v, torch.Tensor)]
+                state = getattr(state, "state2", None)
+        found += [t.data_ptr() for t in patches.rotary_tables(module)]
     return tuple(found)
-
-
-def _compiled_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
 
 
 def rows_for(positions: int) -> int:
@@ -142,7 +125,7 @@ def runner_of(causal_lm: torch.nn.Module) -> StepGraphs | None:
         # global buffers, torch's reads the RNG state.
         other_checkpoint = any(
             getattr(layer, "gradient_checkpointing", False)
-            and not isinstance(getattr(layer, "_gradient_checkpointing_func", None), LeanCheckpoint)
+            and not isinstance(patches.checkpoint_function(layer), LeanCheckpoint)
             for layer in causal_lm.model.layers
         )
         random = draws_random_numbers(causal_lm.config, [causal_lm])
@@ -204,7 +187,7 @@ class StepGraphs:
             self.graphs.clear()
             self.reads = reads
         if self._compiles_before is not None:
-            self.settled = _compiled_graphs() == self._compiles_before
+            self.settled = patches.compiled_graph_count() == self._compiles_before
             self._compiles_before = None
         n = positions.shape[0]
         shape = (tuple(input_ids.shape), input_ids.dtype, tuple(attention_mask.shape), attention_mask.dtype,
@@ -217,7 +200,7 @@ class StepGraphs:
             if not (ready or shape in self.seen) or not self._room_for_another():
                 self.seen.add(shape)
                 self.batch_sizes.add(input_ids.shape[0])
-                self._compiles_before = _compiled_graphs()
+                self._compiles_before = patches.compiled_graph_count()
                 return None
             rows = rows_for(n)
             key = (*shape, rows)
@@ -290,7 +273,7 @@ class StepGraphs:
         layers = model.model.layers[prefix.first_trainable_layer(model.model) :]
         offloading = sum(
             bool(getattr(layer, "gradient_checkpointing", False))
-            and bool(getattr(getattr(layer, "_gradient_checkpointing_func", None), "offload", False))
+            and bool(getattr(patches.checkpoint_function(layer), "offload", False))
             for layer in layers
         )
         width = max(input_ids.shape[1], int(getattr(model, "max_seq_length", 0) or 0))
@@ -326,7 +309,7 @@ class StepGraphs:
                             # Older torch raises here before routing allocations back from the pool; without this,
                             # the allocator would think a capture is still running.
                             with contextlib.suppress(Exception):
-                                torch._C._cuda_endAllocateToPool(device.index, self.pool)
+                                patches.end_allocate_to_pool(device.index, self.pool)
                             raise
             finally:
                 torch.cuda.current_stream().wait_stream(self.stream)  # also after a failure: the warm-up's work

@@ -1,4 +1,14 @@
-"""Cross-entropy through the LM head, one chunk of positions at a time, so the logits never exist all at once.
+"""The training loss: next-token cross-entropy on the title positions only, through the LM head in chunks.
+
+`causal_lm_loss` computes what `model(..., labels=labels).loss` computes, with the same value and gradients, but
+- the LM head (151,936 x 896 on Qwen2.5-0.5B, a quarter of the model's FLOPs per token) and the softmax run only
+  where a label exists: the title, under a tenth of each sequence, instead of every prompt position;
+- decoder layers below the first adapted one run without autograd when they have nothing to train (LoRA on the last
+  layer only), so the backward pass starts at that layer instead of crossing every frozen layer (`prefix`);
+- with `cuda_graphs`, in training on a GPU, the whole step, backward included, replays as a CUDA graph per batch
+  shape (`stepgraph`).
+
+The head's cross-entropy runs one chunk of positions at a time, so the logits never exist all at once.
 
 At batch 32 a title batch has some 600 labelled positions; their logits over Qwen2.5's 151,936-token vocabulary
 take 180 MB in bf16, and the float copy, the log-softmax kept for backward and its gradient bring the loss to about
@@ -10,9 +20,13 @@ head's weight is frozen.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
+
+from titlegen.data.collate import flat_label_positions
+from titlegen.perf import patches, prefix, stepgraph
 
 # Elements of one chunk's logits: 2**25 floats is 128 MiB, about 220 positions of a 151,936-token vocabulary.
 LOGITS_PER_CHUNK = 2**25
@@ -87,3 +101,61 @@ def head_cross_entropy(
         return (losses * weights).sum() / weights.sum()
     with_grad = torch.is_grad_enabled() and hidden.requires_grad
     return _ChunkedLinearCrossEntropy.apply(hidden, head.weight, targets, with_grad, weights)
+
+
+def unwrapped(model: Any) -> Any:
+    """The transformers CausalLM inside a PEFT wrapper (or the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def causal_lm_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    label_positions: torch.Tensor | None = None,
+    cuda_graphs: bool = False,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled positions, as `model(..., labels=labels).loss` computes it.
+
+    `label_positions` (from `data.collate.Collator`): flat indices into the (batch * length) hidden states of the
+    positions whose next token is a label; computed from `labels` when not given.
+    """
+    causal_lm = unwrapped(model)
+    if patches.needs_models_own_loss(causal_lm.config):
+        # Logit softcapping or scaling (Gemma 2, Cohere, Granite, ...) lives inside the model's own loss: use it
+        # rather than copy it. Unsloth's own table decides, so the two cannot disagree on which models need it.
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    if label_positions is None:
+        label_positions = flat_label_positions(labels)
+    targets = labels.reshape(-1).index_select(0, label_positions + 1)
+    if cuda_graphs and input_ids.is_cuda and torch.is_grad_enabled() and causal_lm.training:
+        runner = stepgraph.runner_of(causal_lm)
+        if runner is not None:
+            body = functools.partial(title_loss, causal_lm, cuda_graphs=False)  # no graphs inside the graph
+            loss = runner(causal_lm, body, input_ids, attention_mask, label_positions, targets)
+            if loss is not None:
+                return loss
+    return title_loss(causal_lm, input_ids, attention_mask, label_positions, targets, cuda_graphs=cuda_graphs)
+
+
+def title_loss(
+    causal_lm: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    cuda_graphs: bool = False,
+) -> torch.Tensor:
+    """The (weighted) mean cross-entropy of `targets` at the flat hidden-state `positions` (`causal_lm_loss`'s body).
+
+    `cuda_graphs`: replay the frozen layers below the first adapted one as CUDA graphs (`prefix.GraphedPrefix`).
+    """
+    backbone = causal_lm.model
+    patches.mark_labelled_batch(backbone)
+    first = prefix.first_trainable_layer(backbone) if torch.is_grad_enabled() and backbone.training else 0
+    with prefix.frozen_prefix(backbone, first, cuda_graphs):
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    return head_cross_entropy(picked, causal_lm.lm_head, targets, weights)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from titlegen.report import ExperimentRun
+    from titlegen.report.runs import ExperimentRun
 
 
 def _pyplot() -> Any:

@@ -1,0 +1,1 @@
+"""`main.py report`: reads run folders only (metrics.json, predictions.jsonl, TensorBoard events), no model."""
