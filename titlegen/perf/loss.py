@@ -108,6 +108,13 @@ def unwrapped(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last decoder layer's hidden states (batch, length, hidden) of a right-padded batch; no LM head."""
+    backbone = unwrapped(model).model
+    patches.mark_labelled_batch(backbone)
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+
+
 def causal_lm_loss(
     model: Any,
     input_ids: torch.Tensor,
@@ -132,11 +139,11 @@ def causal_lm_loss(
     if cuda_graphs and input_ids.is_cuda and torch.is_grad_enabled() and causal_lm.training:
         runner = stepgraph.runner_of(causal_lm)
         if runner is not None:
-            body = functools.partial(title_loss, causal_lm, cuda_graphs=False)  # no graphs inside the graph
+            body = functools.partial(title_loss, causal_lm)
             loss = runner(causal_lm, body, input_ids, attention_mask, label_positions, targets)
             if loss is not None:
                 return loss
-    return title_loss(causal_lm, input_ids, attention_mask, label_positions, targets, cuda_graphs=cuda_graphs)
+    return title_loss(causal_lm, input_ids, attention_mask, label_positions, targets)
 
 
 def title_loss(
@@ -146,16 +153,12 @@ def title_loss(
     positions: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor | None = None,
-    cuda_graphs: bool = False,
 ) -> torch.Tensor:
-    """The (weighted) mean cross-entropy of `targets` at the flat hidden-state `positions` (`causal_lm_loss`'s body).
-
-    `cuda_graphs`: replay the frozen layers below the first adapted one as CUDA graphs (`prefix.GraphedPrefix`).
-    """
+    """The (weighted) mean cross-entropy of `targets` at the flat hidden-state `positions` (`causal_lm_loss`'s body)."""
     backbone = causal_lm.model
     patches.mark_labelled_batch(backbone)
     first = prefix.first_trainable_layer(backbone) if torch.is_grad_enabled() and backbone.training else 0
-    with prefix.frozen_prefix(backbone, first, cuda_graphs):
+    with prefix.frozen_prefix(backbone, first):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     return head_cross_entropy(picked, causal_lm.lm_head, targets, weights)
