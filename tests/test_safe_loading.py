@@ -13,6 +13,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from tests.helpers import REPO, cli_args, synthetic_pairs, write_jsonl
 from titlegen import cli
 from titlegen.cli import main
 from titlegen.data.datamodule import TitleDataModule
@@ -20,18 +21,14 @@ from titlegen.data.tokenization import load_tokenizer
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
 
-from .conftest import REPO, synthetic_pairs, write_jsonl
-
 PLAIN = (str, int, float, bool, type(None))
 
 
 def run_args(model_dir: Path, root: Path) -> list[str]:
     return [
-        "--config", "full_lora.yaml", f"--model.model_name={model_dir}", f"--data.source={root / 'pairs.jsonl'}",
-        f"--data.data_dir={root / 'splits'}", "--data.num_workers=0", "--data.batch_size=4",
-        "--data.eval_batch_size=4", f"--trainer.logger.init_args.save_dir={root / 'logs'}",
-        f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0",
+        "--config", "full_lora.yaml",
+        *cli_args(model_dir, root, "--trainer.num_sanity_val_steps=0", source=root / "pairs.jsonl", fast_eval=False,
+                  batch_size=4, eval_batch_size=4, progress_bar=False),
     ]  # fmt: skip
 
 

@@ -8,23 +8,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.helpers import MAX_LEN, synthetic_pairs, write_jsonl
 from titlegen.data.collate import Collator, IndexedDataset, left_pad
 from titlegen.data.datamodule import TitleDataModule
 from titlegen.data.tokenization import IGNORE_INDEX, chat_tokens, encode_pairs
 from titlegen.errors import OptionError
 
-from .conftest import synthetic_pairs, write_jsonl
-
 TRAIN_KEYS = {"input_ids", "attention_mask", "labels", "label_positions"}
 GENERATION_KEYS = {"prompt_ids", "prompt_attention_mask", "ids", "references", "abstracts", "index"}
-ASSISTANT_HEADER = "<|im_start|>assistant\n"
-# The tiny tokenizer spends 116 tokens on the prompt of an empty abstract; synthetic pairs need 266-510 in all.
-MAX_LEN = 192
-
-
-def _records(n: int, seed: int = 0) -> list[dict[str, str]]:
-    return synthetic_pairs(n, seed=seed)
-
 
 # --- chat_tokens ----------------------------------------------------------------------------------------------------
 
@@ -33,7 +24,7 @@ def _records(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def test_collator_labels_supervise_only_the_title_and_end_of_turn(tiny_tokenizer):
-    records = _records(4)
+    records = synthetic_pairs(4)
     records[1]["abstract"] = " ".join(records[1]["abstract"].split()[:32])  # rows of different lengths
     eot = chat_tokens(tiny_tokenizer).end_of_turn_id
     pad_id = chat_tokens(tiny_tokenizer).pad_id
@@ -61,7 +52,7 @@ def test_collator_labels_supervise_only_the_title_and_end_of_turn(tiny_tokenizer
 
 
 def test_collator_for_training_has_only_training_keys(tiny_tokenizer):
-    examples = encode_pairs(_records(2), tiny_tokenizer, max_seq_length=1024)
+    examples = encode_pairs(synthetic_pairs(2), tiny_tokenizer, max_seq_length=1024)
     batch = Collator(chat_tokens(tiny_tokenizer).pad_id, for_generation=False)(list(enumerate(examples)))
     assert set(batch) == TRAIN_KEYS
     # label_positions: the flat (row * width + t) positions whose next token is a label, exactly those.
@@ -72,7 +63,7 @@ def test_collator_for_training_has_only_training_keys(tiny_tokenizer):
 
 
 def test_collator_left_pads_generation_prompts_and_carries_metadata(tiny_tokenizer):
-    records = _records(3)
+    records = synthetic_pairs(3)
     records[0]["abstract"] = " ".join(records[0]["abstract"].split()[:31])
     pad_id = chat_tokens(tiny_tokenizer).pad_id
     examples = encode_pairs(records, tiny_tokenizer, max_seq_length=1024)
@@ -104,7 +95,7 @@ def test_left_pad():
 
 
 def test_indexed_dataset(tiny_tokenizer):
-    examples = encode_pairs(_records(3), tiny_tokenizer, max_seq_length=1024)
+    examples = encode_pairs(synthetic_pairs(3), tiny_tokenizer, max_seq_length=1024)
     dataset = IndexedDataset(examples)
     assert len(dataset) == 3
     assert dataset[2] == (2, examples[2])
@@ -215,7 +206,7 @@ def test_impossible_data_options_are_rejected_together():
 def test_collator_pads_training_batches_to_a_multiple(tiny_tokenizer):
     """Bucketed widths bound the batch shapes (compiles, CUDA graphs); the extra columns are inert padding."""
     pad_id = chat_tokens(tiny_tokenizer).pad_id
-    examples = encode_pairs(_records(3), tiny_tokenizer, max_seq_length=1024)
+    examples = encode_pairs(synthetic_pairs(3), tiny_tokenizer, max_seq_length=1024)
     items = list(enumerate(examples))
     tight = Collator(pad_id, for_generation=False)(items)
     padded = Collator(pad_id, for_generation=False, pad_to_multiple_of=64)(items)

@@ -1,8 +1,8 @@
 """Unsloth's fused LoRA MLP runs outside its compiled decoder blocks, so that its SwiGLU backward works in place.
 
 Unsloth fuses the MLP only on a GPU (Triton kernels): the CPU test installs the fused forward by hand, as Unsloth's
-`patch_peft_model` does, and checks the wiring; the GPU test (on the device: `python -m pytest tests/test_lora_mlp.py`)
-checks the numbers and the memory.
+`patch_peft_model` does, and checks the wiring; the GPU test (on the device:
+`python -m pytest tests/perf/test_lora_mlp.py`) checks the numbers and the memory.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ import types
 import pytest
 import torch
 
+from tests.helpers import assert_same, loss_and_grads, padded_batch, trained_looking_lora
 from titlegen import perf
 from titlegen.model import lora
 from titlegen.perf import patches
-
-from .conftest import build_tiny_model
-from .test_loss_equivalence import assert_same, loss_and_grads, trained_looking_lora
-from .test_stepgraph import padded_batch
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="Unsloth fuses the LoRA MLP only on a GPU")
 
 
 def fuse_mlps_as_unsloth_does(model) -> list[torch.nn.Module]:
@@ -59,10 +54,10 @@ def step_peak(model, batch) -> tuple[tuple[float, dict[str, torch.Tensor]], int]
     return result, torch.cuda.max_memory_allocated() - start
 
 
-@gpu
-def test_the_eager_mlp_gives_the_compiled_blocks_loss_and_gradients_with_three_fewer_mlp_sized_tensors(tmp_path):
+@pytest.mark.gpu
+def test_the_eager_mlp_gives_the_compiled_blocks_loss_and_gradients_with_three_fewer_mlp_sized_tensors(tiny_models):
     # A wide MLP, so its [batch, seq, 8192] tensors dominate the step's memory as Qwen2.5's 4864 do at 896.
-    model_dir = build_tiny_model(tmp_path / "wide-mlp", "qwen2", layers=2, intermediate_size=8192)
+    model_dir = tiny_models(arch="qwen2", layers=2, intermediate_size=8192)
     compiled = trained_looking_lora(model_dir, "all", "offload")
     eager = trained_looking_lora(model_dir, "all", "offload")
     fuse_mlps_as_unsloth_does(compiled)  # undo run_lora_mlp_eagerly: Unsloth's own fused forward, traced

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import ASSISTANT_HEADER, MAX_LEN, build_tokenizer, synthetic_pairs
 from titlegen.data.tokenization import chat_tokens, encode_pairs, render_prompt
 from titlegen.errors import DataError
-
-from .conftest import build_tokenizer, synthetic_pairs
-from .test_data import ASSISTANT_HEADER, MAX_LEN, _records
 
 
 def test_chat_tokens_tiny_tokenizer(tiny_tokenizer):
@@ -61,7 +59,7 @@ def test_chat_tokens_without_any_free_pad_token():
 
 
 def test_encode_pairs_prompt_and_target(tiny_tokenizer):
-    records = _records(3)
+    records = synthetic_pairs(3)
     eot = chat_tokens(tiny_tokenizer).end_of_turn_id
     examples = encode_pairs(records, tiny_tokenizer, max_seq_length=1024)
     assert [ex.id for ex in examples] == [r["id"] for r in records]

@@ -1,9 +1,8 @@
 """Whole training steps replayed as CUDA graphs (`stepgraph`): the eager loss and LoRA gradients, for new inputs.
 
-The graphs need a GPU: CI has none, so the tests marked `gpu` run on the device (`python -m pytest
-tests/test_stepgraph.py`, docs/performance.md), and `python -m benchmarks.step_profile --check` compares a
-Qwen2.5-0.5B-shaped model's loss and LoRA gradients with and without graphs. What decides whether a step can be
-graphed, and when a graph is stale, is tested on the CPU too.
+The graphs need a GPU: the tests marked `gpu` compare the replayed step's loss and LoRA gradients with the eager
+step's there (`python -m pytest tests/perf/test_stepgraph.py` on a machine with CUDA). What decides whether a step
+can be graphed, and when a graph is stale, is tested on the CPU too.
 """
 
 from __future__ import annotations
@@ -11,17 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import assert_same, loss_and_grads, padded_batch, trained_looking_lora
 from titlegen import perf
 from titlegen.data import collate
-from titlegen.data.collate import Collator
-from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
 from titlegen.model import lora
 from titlegen.perf import stepgraph
-
-from .conftest import build_tiny_model, synthetic_pairs
-from .test_loss_equivalence import assert_same, loss_and_grads, trained_looking_lora
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device)")
 
 
 def lora_model(model_dir, scope, dropout=0.0):
@@ -31,19 +24,10 @@ def lora_model(model_dir, scope, dropout=0.0):
     return model
 
 
-def padded_batch(model_dir, seed, device):
-    tokenizer = load_tokenizer(str(model_dir))
-    examples = encode_pairs(synthetic_pairs(6, seed=seed), tokenizer, 512)
-    batch = Collator(chat_tokens(tokenizer).pad_id, for_generation=False, pad_to_multiple_of=64)(
-        list(enumerate(examples))
-    )
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("scope", ["all", "last"])
-def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(tmp_path, scope):
-    model_dir = build_tiny_model(tmp_path / "qwen2-3-layers", "qwen2", layers=3)
+def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(tiny_models, scope):
+    model_dir = tiny_models(arch="qwen2", layers=3)
     model = lora_model(model_dir, scope)
     first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
     assert first["input_ids"].shape == second["input_ids"].shape
@@ -64,9 +48,9 @@ def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(
     assert abs(graphed[0] - graphed_first[0]) > 1e-4, "a replay that ignored its new inputs would repeat the loss"
 
 
-@gpu
-def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_backward_is_refused(tmp_path):
-    model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
+@pytest.mark.gpu
+def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_backward_is_refused(tiny_model_dir):
+    model_dir = tiny_model_dir
     model = lora_model(model_dir, "all")
     batch = padded_batch(model_dir, 7, "cuda")
     # One step without the runner first: Unsloth builds its rotary tables at the first forward, which the runner
@@ -93,9 +77,9 @@ def test_a_graph_whose_weights_moved_is_recaptured_and_a_second_replay_before_ba
         loss.backward()
 
 
-@gpu
-def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eagerly_first(tmp_path):
-    model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
+@pytest.mark.gpu
+def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eagerly_first(tiny_model_dir):
+    model_dir = tiny_model_dir
     model = lora_model(model_dir, "all")
     first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
     loss_and_grads(model, perf.causal_lm_loss(model, **first))  # builds Unsloth's rotary tables
@@ -124,9 +108,9 @@ def test_accumulated_replays_sum_like_eager_steps_and_a_new_batch_size_runs_eage
     assert runner.replays == before[0] + 1 and not runner.failures
 
 
-@gpu
-def test_a_graph_serves_later_batches_with_fewer_title_positions_and_one_with_more_gets_a_new_graph(tmp_path):
-    model_dir = build_tiny_model(tmp_path / "qwen2-2-layers", "qwen2", layers=2)
+@pytest.mark.gpu
+def test_a_graph_serves_later_batches_with_fewer_title_positions_and_one_with_more_gets_a_new_graph(tiny_model_dir):
+    model_dir = tiny_model_dir
     model = lora_model(model_dir, "all")
     batch = padded_batch(model_dir, 7, "cuda")
 

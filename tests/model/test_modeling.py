@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import synthetic_pairs
 from titlegen.data.collate import Collator
 from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
-from titlegen.errors import OptionError as ModelConfigError
+from titlegen.errors import OptionError
 from titlegen.model import generation, loading, lora
+from titlegen.model.generation import Decoding
 from titlegen.model.lora import DEFAULT_TARGET_MODULES
-
-from .conftest import build_tiny_model, synthetic_pairs
 
 
 def lora_model(model_dir, scope, r=16):
@@ -39,7 +41,7 @@ def test_scope_adapts_exactly_the_chosen_layers(tiny_llama_dir, scope, layers):
     model = lora_model(tiny_llama_dir, scope)
     assert adapted_layers(model) == layers
     assert len(lora.lora_module_names(model)) == 7 * len(layers)
-    # hidden 64, 2 of 4 heads for k/v (32), MLP 128: the tiny model of conftest
+    # hidden 64, 2 of 4 heads for k/v (32), MLP 128: the tiny model of tests/helpers.py
     assert lora.trainable_parameters(model) == expected_lora_params(len(layers), 16, 64, 32, 128)
     names = {n.rsplit(".", 1)[-1] for n in lora.lora_module_names(model)}
     assert names == (set(DEFAULT_TARGET_MODULES) if layers else set())
@@ -72,25 +74,20 @@ def test_qwen25_05b_scope_counts(scope, count):
     [([5], r"layer indices \[5\] are out of range; this model has 3 decoder layers"), ("first", "is not a scope")],
 )
 def test_bad_scope_is_a_clear_error(tiny_llama_dir, scope, message):
-    with pytest.raises(ModelConfigError, match=message):
+    with pytest.raises(OptionError, match=message):
         lora_model(tiny_llama_dir, scope)
 
 
 def test_unknown_target_module_and_bad_rank(tiny_model_dir):
     base = loading.load_base_model(str(tiny_model_dir), 256)
-    with pytest.raises(ModelConfigError, match=r"\['qkv_proj'\] not found .* choose from"):
+    with pytest.raises(OptionError, match=r"\['qkv_proj'\] not found .* choose from"):
         lora.apply_lora(base, "all", 16, 16, 0.0, ["qkv_proj"], False, 0)
-    with pytest.raises(ModelConfigError, match="lora_r=0"):
+    with pytest.raises(OptionError, match="lora_r=0"):
         lora.apply_lora(base, "all", 0, 16, 0.0, DEFAULT_TARGET_MODULES, False, 0)
 
 
-@pytest.fixture(scope="module")
-def peaky_model_dir(tmp_path_factory):
-    """A random model with large weights, so that greedy choices depend on the context (not one repeated token)."""
-    return build_tiny_model(tmp_path_factory.mktemp("peaky"), "qwen2", initializer_range=0.5)
-
-
-def test_batched_left_padded_generation_equals_one_by_one(peaky_model_dir):
+@pytest.mark.parametrize("decoding", [Decoding(), Decoding("beam", num_beams=3)], ids=["greedy", "beam"])
+def test_batched_left_padded_generation_equals_one_by_one(peaky_model_dir, decoding):
     tokenizer = load_tokenizer(str(peaky_model_dir))
     chat = chat_tokens(tokenizer)
     model = lora_model(peaky_model_dir, "none")
@@ -100,21 +97,21 @@ def test_batched_left_padded_generation_equals_one_by_one(peaky_model_dir):
     assert len({len(ex.prompt_ids) for ex in examples}) > 1
     batch = Collator(chat.pad_id, for_generation=True)(list(enumerate(examples)))
     batched = generation.generate(
-        model, batch["prompt_ids"], batch["prompt_attention_mask"], 12, chat.end_of_turn_id, chat.pad_id
+        model, batch["prompt_ids"], batch["prompt_attention_mask"], 12, chat.end_of_turn_id, chat.pad_id, decoding
     )
     single = []
     for ex in examples:
         ids = torch.tensor([ex.prompt_ids])
-        single += generation.generate(model, ids, torch.ones_like(ids), 12, chat.end_of_turn_id, chat.pad_id)
+        single += generation.generate(model, ids, torch.ones_like(ids), 12, chat.end_of_turn_id, chat.pad_id, decoding)
     assert batched == single
     assert len({tuple(t) for t in single}) > 1, "the outputs should depend on the prompt"
 
 
-def test_generation_is_plain_greedy_whatever_the_checkpoint_suggests(tmp_path):
+def test_generation_is_plain_greedy_whatever_the_checkpoint_suggests(peaky_model_dir, tmp_path):
     """Qwen2.5-Instruct ships sampling settings and a repetition penalty; titles must still be argmax decoding."""
     from transformers import GenerationConfig
 
-    model_dir = build_tiny_model(tmp_path, "qwen2", initializer_range=0.5)
+    model_dir = Path(shutil.copytree(peaky_model_dir, tmp_path / "peaky"))  # a copy: this test adds a file
     GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=3.0).save_pretrained(
         model_dir
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from titlegen.data.prompts import SYSTEM_PROMPT, build_messages, clean_title
+from titlegen.data.prompts import SYSTEM_PROMPT, build_messages, clean_title, first_sentence
 
 
 def test_build_messages_has_system_then_user_with_the_abstract():
@@ -57,3 +57,21 @@ def test_clean_title_empty_input(raw):
 
 def test_clean_title_lone_prefix_without_a_following_line_is_empty():
     assert clean_title("Title:") == ""
+
+
+@pytest.mark.parametrize(
+    ("abstract", "expected"),
+    [
+        ("We study graphs. Then we prove it.", "We study graphs"),
+        ("Dark matter (e.g. WIMPs) is hard to see. We look.", "Dark matter (e.g. WIMPs) is hard to see"),
+        ("Using the method of Fig. 3 we find x. Next we go.", "Using the method of Fig. 3 we find x"),
+        ("As in Smith et al. (2020) we go on. Next.", "As in Smith et al. (2020) we go on"),
+        ("The U.S. economy grows. We model it.", "The U.S. economy grows"),
+        ("A. B. Smith found a bound. It is tight.", "A. B. Smith found a bound"),
+        ("Is it open? Yes it is.", "Is it open?"),
+        ("One sentence only.", "One sentence only"),
+        ("  Spaces\n and  lines.  Second.", "Spaces and lines"),
+    ],
+)
+def test_first_sentence(abstract, expected):
+    assert first_sentence(abstract) == expected

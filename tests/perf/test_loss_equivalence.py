@@ -9,51 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import assert_same, loss_and_grads, trained_looking_lora, training_batch
 from titlegen import perf
-from titlegen.data.collate import Collator
-from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
-from titlegen.model import loading, lora
-from titlegen.model.lora import DEFAULT_TARGET_MODULES
 from titlegen.perf import prefix
-
-from .conftest import synthetic_pairs
-
-
-def trained_looking_lora(model_dir, scope, checkpointing="unsloth", dropout=0.0):
-    base = loading.load_base_model(str(model_dir), 512)
-    model = lora.apply_lora(base, scope, 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn_like(param) * 0.2)
-    model.train()
-    return model
-
-
-def training_batch(model_dir, n=6):
-    tokenizer = load_tokenizer(str(model_dir))
-    examples = encode_pairs(synthetic_pairs(n, seed=7), tokenizer, 512)
-    assert len({len(ex.prompt_ids) + len(ex.target_ids) for ex in examples}) > 1, "a padded batch"
-    return Collator(chat_tokens(tokenizer).pad_id, for_generation=False)(list(enumerate(examples)))
-
-
-def loss_and_grads(model, loss):
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    assert grads and all(g is not None for g in grads.values())
-    return loss.item(), grads
-
-
-def assert_same(reference, fast):
-    (ref_loss, ref_grads), (fast_loss, fast_grads) = reference, fast
-    assert fast_loss == pytest.approx(ref_loss, rel=1e-3)
-    assert fast_grads.keys() == ref_grads.keys()
-    for name, ref in ref_grads.items():
-        assert ref.norm() > 0, f"{name}: a zero gradient would make this comparison vacuous"
-        relative = float((fast_grads[name] - ref).norm() / ref.norm())
-        assert relative <= 1e-2, f"{name}: gradient differs by {relative:.2e} (relative)"
 
 
 @pytest.mark.parametrize("scope", ["all", "last", [1]])

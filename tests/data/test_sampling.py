@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from tests.helpers import synthetic_pairs, write_jsonl
 from titlegen.data.datamodule import TitleDataModule
 from titlegen.data.sampling import LengthGroupedSampler
-
-from .conftest import synthetic_pairs, write_jsonl
 
 
 def arxiv_like_lengths(n: int, seed: int = 0) -> list[int]:
@@ -49,7 +48,7 @@ def test_batches_pad_far_less_than_random_ones_and_the_longest_comes_first():
 def test_ranks_get_matching_batches_and_lightning_keeps_the_sampler():
     """Each rank deals itself its share of every global group, so each step's batches on the ranks are one group.
     Lightning replaces any training sampler that is not a DistributedSampler with a wrapper that shuffles the indices
-    it deals (what broke the grouping under DDP until 2026-11-26h); tests/test_ddp_fit.py checks a real DDP fit."""
+    it deals, which would break the grouping under DDP; tests/test_ddp_fit.py checks a real DDP fit."""
     lengths = arxiv_like_lengths(203)
     ranks = [LengthGroupedSampler(lengths, batch_size=4, seed=1, num_replicas=2, rank=rank) for rank in range(2)]
     assert all(isinstance(sampler, DistributedSampler) for sampler in ranks)

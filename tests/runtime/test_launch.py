@@ -7,14 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import REPO
 from titlegen.runtime.launch import bind_rank_gpu
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -64,16 +62,17 @@ print(json.dumps(sorted(i for i in range(torch.cuda.device_count()) if any(m.sta
 
 
 def worker_gpus(mode: str) -> list[int]:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "LOCAL_RANK": "1", "PYTHONPATH": path}
     done = subprocess.run(
-        [sys.executable, "-c", WORKER, mode], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", WORKER, mode], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2 or shutil.which("nvidia-smi") is None, reason="needs 2 GPUs")
+@pytest.mark.gpu(count=2)
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs nvidia-smi")
 def test_a_bound_worker_holds_no_context_on_gpu_0() -> None:
     control = worker_gpus("control")
     if not control:  # not even the context on GPU 1 that the worker made: nvidia-smi shows other (host) PIDs

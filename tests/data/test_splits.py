@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO, synthetic_pairs, write_jsonl
 from titlegen.data.records import read_pairs
 from titlegen.data.splits import MANIFEST, SPLITS, SplitSettings, clean_and_dedupe, prepare_splits, title_key
 from titlegen.errors import DataError
-
-from .conftest import synthetic_pairs, write_jsonl
 
 ABSTRACT = " ".join(["word"] * 40)
 
@@ -344,7 +343,7 @@ def test_prepare_splits_missing_jsonl_source(tmp_path):
 def test_split_script_writes_the_same_splits_as_the_datamodule(tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("split_script", Path(__file__).parents[1] / "datasets" / "split.py")
+    spec = importlib.util.spec_from_file_location("split_script", REPO / "datasets" / "split.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     source = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(200))

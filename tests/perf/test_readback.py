@@ -5,8 +5,6 @@ import torch
 
 from titlegen.perf.readback import Deferred, LatestValue
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="asynchronous copies need a GPU (run on the device)")
-
 
 def test_on_the_cpu_the_latest_value_is_the_last_pushed_and_a_copy():
     latest = LatestValue()
@@ -19,7 +17,7 @@ def test_on_the_cpu_the_latest_value_is_the_last_pushed_and_a_copy():
     assert latest.latest().item() == 0.5
 
 
-@gpu
+@pytest.mark.gpu
 def test_on_a_gpu_a_value_shows_once_its_kernels_have_finished_without_a_wait():
     latest = LatestValue()
     first = torch.full((), 3.0, device="cuda")
@@ -53,7 +51,7 @@ def test_deferred_values_are_read_one_push_late_with_their_tags_and_all_at_the_e
     assert deferred.drain() == []
 
 
-@gpu
+@pytest.mark.gpu
 def test_on_a_gpu_the_value_before_the_newest_is_read_while_the_newest_step_still_runs():
     deferred = Deferred()
     deferred.push(torch.full((), 3.0, device="cuda"), tag="step 0")

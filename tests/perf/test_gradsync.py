@@ -13,9 +13,8 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.twoprocs import spawn_two
 from titlegen.perf import gradsync
-
-from .twoprocs import spawn_two
 
 
 class _Net(torch.nn.Module):
@@ -107,10 +106,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str, backend: str) -> Non
         dist.destroy_process_group()
 
 
-two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs 2 GPUs (run on the device)")
-
-
-@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=two_gpus)])
+@pytest.mark.parametrize(
+    "backend",
+    ["gloo", pytest.param("nccl", marks=pytest.mark.gpu(count=2, reason="NCCL needs 2 GPUs (run on the device)"))],
+)
 def test_one_flat_all_reduce_gives_ddps_gradients_exactly(tmp_path, backend):
     spawn_two(_worker, tmp_path, backend)
     rank0, rank1 = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))

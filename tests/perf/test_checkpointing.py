@@ -1,7 +1,8 @@
 """titlegen's lean gradient checkpoint gives the gradients of an uncheckpointed model, on the real Unsloth path.
 
-The `offload` half (pinned host memory, a side stream) needs a GPU; `benchmarks/` runs it there. On the CPU the
-checkpoint keeps the layer input, and everything else (recompute under autograd, RNG replay, installation) is the same.
+The `offload` half (pinned host memory, a side stream) needs a GPU: the whole-step graph tests run it there
+(tests/perf/test_stepgraph.py). On the CPU the checkpoint keeps the layer input, and everything else (recompute under
+autograd, RNG replay, installation) is the same.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import pytest
 import torch
 import torch.utils.checkpoint
 
+from tests.helpers import synthetic_pairs
 from titlegen import perf
 from titlegen.data.collate import Collator
 from titlegen.data.tokenization import chat_tokens, encode_pairs, load_tokenizer
 from titlegen.model import loading, lora
 from titlegen.model.lora import DEFAULT_TARGET_MODULES
 from titlegen.perf.checkpointing import LeanCheckpoint
-
-from .conftest import synthetic_pairs
 
 
 def lora_model(model_dir, checkpointing, dropout=0.0):
