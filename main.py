@@ -2,6 +2,7 @@
 
     python main.py {fit,validate,test,predict} --config <experiment>.yaml [options]   (LightningCLI)
     python main.py export --config <experiment>.yaml [--ckpt_path PATH]
+    python main.py sweep --config sweeps/<name>.yaml
     python main.py report [--logs lightning_logs]
 
 A user error prints one `error:` line and exits with status 2; `--debug` (or TITLEGEN_DEBUG=1) shows its traceback.
@@ -9,23 +10,12 @@ A user error prints one `error:` line and exits with status 2; `--debug` (or TIT
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from titlegen.errors import run_main
 
 # Printing help or the config builds no model, so these skip Unsloth's slow import.
 _NO_MODEL = {"-h", "--help", "--print_config"}
-
-
-def _import_unsloth_first(argv: list[str]) -> None:
-    """Unsloth patches transformers, peft and trl when imported, so it must come before them."""
-    if importlib.util.find_spec("unsloth") is None or _NO_MODEL.intersection(a.split("=")[0] for a in argv):
-        return
-    from titlegen.runtime.launch import bind_rank_gpu
-
-    bind_rank_gpu()  # a DDP worker's CUDA context on its own GPU, not GPU 0 (the imports initialise CUDA)
-    import unsloth  # noqa: F401
 
 
 def main(argv: list[str]) -> None:
@@ -36,14 +26,27 @@ def main(argv: list[str]) -> None:
 
         report(rest)
         return
-    _import_unsloth_first(argv)
+    if command == "sweep":
+        # Starts one process per point; builds no model itself.
+        from titlegen.sweep.command import main as sweep
+
+        sweep(rest)
+        return
+    if not _NO_MODEL.intersection(a.split("=")[0] for a in argv):
+        from titlegen.runtime.launch import import_unsloth_first
+
+        import_unsloth_first()
     if command == "export":
         from titlegen.export import main as export
+        from titlegen.runtime import console
 
+        console.quiet()
         export(rest)
         return
     from titlegen.cli import main as lightning_cli
+    from titlegen.runtime import console
 
+    console.quiet()
     lightning_cli(argv)
 
 

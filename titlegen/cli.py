@@ -18,8 +18,10 @@ from titlegen.data.datamodule import TitleDataModule
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
 from titlegen.runtime.preflight import MIN_FREE_BYTES, check_checkpoint, check_model, check_writable
-from titlegen.runtime.runs import experiment_dir, logger_root, newest_checkpoint
+from titlegen.runtime.progress import use_steps_progress_bar
+from titlegen.runtime.runs import experiment_dir, logger_root, newest_checkpoint, run_dir
 from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard, TrainingInterrupted
+from titlegen.runtime.summary import fit_summary, test_summary
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # --ckpt_path values that Lightning itself resolves (titlegen resolves `last` first, see _resolve_last_checkpoint).
@@ -77,7 +79,10 @@ class TitleGenCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": "titlegen", "default_hp_metric": False},
                 },
-                "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}],
+                "trainer.callbacks": [
+                    {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+                    {"class_path": "titlegen.callbacks.HyperparameterMetrics"},
+                ],
                 # One pass over ~18k training pairs (about 560 steps at batch 32) is enough for titles.
                 "trainer.max_epochs": 1,
                 # A fraction, so that any training file size works: 4 validations per epoch.
@@ -109,6 +114,16 @@ class TitleGenCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._preflight("fit")
+
+    def after_fit(self) -> None:
+        log_dir = run_dir(self.trainer)  # on every rank (a broadcast under DDP)
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, log_dir), flush=True)
+
+    def after_test(self) -> None:
+        log_dir = run_dir(self.trainer)
+        if self.trainer.is_global_zero:
+            print(test_summary(self.trainer, log_dir), flush=True)
 
     def fit(self, model: TitleGenModule, **kwargs: Any) -> None:
         try:
@@ -159,7 +174,8 @@ class TitleGenCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(found.parent))} exists")
 
     def _preflight(self, subcommand: str) -> None:
-        """Checks that need nothing loaded: the log folder and the checkpoint's safety."""
+        """Checks that need nothing loaded: the log folder and the checkpoint's safety. And the progress bar's total."""
+        use_steps_progress_bar(self.trainer)
         config = self.config_init[subcommand]
         if config.get("weights_only") is False:
             raise OptionError(

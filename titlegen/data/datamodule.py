@@ -63,39 +63,33 @@ class TitleDataModule(L.LightningDataModule):
         """Abstract/title pairs from JSONL splits, tokenized with the model's chat template.
 
         Args:
-            source: where `prepare_data` builds the splits from: a local JSONL of records with `abstract` and
-                `title` (e.g. ../shared/datasets/arxiv/pairs.jsonl), or a Hugging Face dataset id (needs network).
-            data_dir: folder for the generated splits and their manifest; existing splits are reused when the
-                manifest matches the source and settings.
+            source: what `prepare_data` builds the splits from: a local JSONL of records with `abstract` and `title`
+                (and optional `id`), or a Hugging Face dataset id (needs the network).
+            data_dir: folder for the generated splits and their manifest; splits whose manifest matches the source
+                and settings are reused.
             train_file: a JSONL to train on instead of `data_dir/train.jsonl`.
             validation_file: a JSONL to validate on instead of `data_dir/validation.jsonl`.
             test_file: a JSONL to test on instead of `data_dir/test.jsonl`.
-            predict_file: abstracts that `predict` titles: JSONL with `abstract` (optional `id`, and `title` kept as
+            predict_file: abstracts that `predict` titles: a JSONL with `abstract` (optional `id`, and `title`, kept as
                 the reference), or a .txt file with one abstract a line.
-            model_name: whose tokenizer and chat template to use (linked to `model.model_name` by the CLI).
-            max_seq_length: longest prompt + title in tokens; longer abstracts are truncated and counted.
-            max_new_tokens: tokens kept free for the title after every prompt, whatever the title (linked from
-                `model.max_new_tokens`): prompts longer than max_seq_length - max_new_tokens lose abstract text.
-            batch_size: training batch size per device. At 8, a 0.5B model's step is bound by Python and kernel
-                launches (raw Unsloth trained 3.4x faster at 32). 32 peaks at 1.8 GiB on the Qwen2.5-0.5B shape, far
-                inside a 16 GB T4; 64 gained no more over raw Unsloth than 32 did, and one epoch at 128 scored lower
-                test BERTScore on SmolLM2-135M (a quarter of the steps; docs/performance.md).
-            eval_batch_size: validation/test batch size per device (also the generation batch). At 128, batched
-                greedy titles came 62x faster than one-by-one `generate` (21x at 32) and peaked at 4.1 GiB on the
-                Qwen2.5-0.5B shape (`docs/performance.md`), inside a 16 GB T4.
-            num_workers: DataLoader worker processes.
-            pin_memory: on a GPU, put batches in pinned memory, so that their copy to the GPU does not wait for the
-                previous step's GPU work. Off until measured on its own: the GPU runs with it were no faster, but ran
-                on other machines than those without it (docs/performance.md). Ignored without a GPU.
-            group_by_length: train on random batches of similar-length samples (less padding, same samples per
-                epoch; the order depends only on the run's seed); false for plain random batches.
-            pad_to_multiple_of: pad each training batch's length up to a multiple of this (1: to its longest
-                sample). On a GPU each batch shape gets its own CUDA graph of the training step
-                (`model.cuda_graphs`, at most 32), and 64 makes at most 8 widths up to 512 tokens. Without graphs
-                (on the CPU) the extra padding only costs time: 1 is better there.
-            hub_samples: how many records to sample when `source` is a Hugging Face dataset id.
-            split_seed: seed of the split (fixed so that every experiment sees the same test set).
-            trust_remote_code: allow the tokenizer's repository to run code (linked from `model.trust_remote_code`).
+            model_name: whose tokenizer and chat template to use (set by model.model_name).
+            max_seq_length: longest prompt + title in tokens, >= 1; longer abstracts are cut, and counted in the log.
+            max_new_tokens: tokens kept free for the title after every prompt (set by model.max_new_tokens): prompts
+                longer than max_seq_length - max_new_tokens lose the end of their abstract.
+            batch_size: training samples per optimizer step and device, >= 1.
+            eval_batch_size: validation and test samples per batch and device, >= 1; also how many titles are
+                generated at once.
+            num_workers: DataLoader worker processes, >= 0 (0: load in the main process).
+            pin_memory: on a GPU, put batches in pinned host memory, so that their copy to the GPU does not wait for
+                the GPU's previous work. Ignored without a GPU.
+            group_by_length: train on random batches of samples of similar length (less padding, the same samples
+                each epoch, an order that depends only on the run's seed); false for plain random batches.
+            pad_to_multiple_of: pad each training batch's length up to a multiple of this, >= 1 (1: to its longest
+                sample). Each padded shape gets its own CUDA graph (model.cuda_graphs), so 64 bounds them to 8 up to
+                512 tokens; without graphs (on the CPU) 1 wastes the least.
+            hub_samples: records sampled when `source` is a Hugging Face dataset id, >= 1.
+            split_seed: seed of the train/validation/test split; every experiment must use the same to be compared.
+            trust_remote_code: let the tokenizer's repository run code (set by model.trust_remote_code).
         """
         super().__init__()
         bad = [f"data.{k}={v}: must be positive" for k, v in

@@ -28,7 +28,7 @@ def load_base_model(
     path = materialize(model_name)
     perf.keep_custom_op_aliasing_a_warning()  # before Unsloth compiles anything
     # On a GPU Unsloth picks bf16, or fp16 on a T4. On the CPU fallback it picks bf16 where the CPU has bf16
-    # instructions (AVX512-BF16, as on the 2026-11-26 dev machine), fp32 elsewhere: fp32 always, so that a CPU run
+    # instructions (AVX512-BF16), fp32 elsewhere: fp32 always, so that a CPU run
     # gives the same titles and losses on every machine (and batched greedy titles equal one-by-one ones).
     dtype = None if torch.cuda.is_available() else torch.float32
     try:

@@ -3,13 +3,13 @@
 Unsloth's own checkpoint function does the same job (offload each layer's input, recompute the layer in backward),
 but through about a hundred lines of Python per call: buffer leases, double-buffer bookkeeping, prefetch records, RNG
 capture. On a 0.5B model at batch 32 a training step is bound by the host, not the GPU, and that bookkeeping, paid
-twice per layer per step, is a measurable share of it (`docs/performance.md`). This one does only what the step needs:
+twice per layer per step, is a measurable share of it. This one does only what the step needs:
 - forward: run the layer without autograd; copy its input to pinned host memory on a side stream (when asked);
 - backward: bring the input back, rerun the layer under autograd with the same autocast (and RNG, when asked)
   state, and backpropagate the incoming gradient through it.
 
 The installer is `use_lean_checkpointing`; the equality of its gradients with an uncheckpointed layer's is
-tested in `tests/test_checkpointing.py`.
+tested in `tests/perf/test_checkpointing.py`.
 """
 
 from __future__ import annotations

@@ -4,16 +4,12 @@ DDP's reducer handles each gradient on its own. It copies the gradient into a bu
 produces it. After the bucket's all-reduce it copies the result back. With LoRA on every projection of Qwen2.5-0.5B
 that is 336 small tensors (35 MB in all), so about 700 tiny kernels a step.
 - Under `stepgraph`'s replayed steps the whole backward is one graph, and its gradients reach autograd at once at
-  the end. Nothing is left to overlap the reducer's work with: on 2x H200 DDP's backward phase took 3.1 ms of GPU
-  time a step (its copies, its all-reduces and any wait for the other rank) against 0.1 ms on one GPU
-  (docs/performance.md, 2026-11-27b).
+  the end. Nothing is left to overlap the reducer's work with, so its copies and all-reduces run one after the
+  other at the end of each step.
 - Here the gradients are concatenated into one buffer per dtype, scaled by 1/world and all-reduced once before the
   optimizer step. That is a handful of kernels. With two ranks the result is DDP's, bit for bit (tested): DDP also
   multiplies by 1/world before a sum, and a sum of two terms has one order. With more ranks, NCCL may sum one
   buffer in another order than DDP's buckets: the same up to rounding.
-- Measured on 2x H200 (2026-11-27d, one run each): the backward phase fell from 3.1 to 0.1 ms of GPU time a step,
-  and the averaging costs 0.3 ms before the optimizer step; in all, 2.1 ms less GPU time a step (medians). Replayed
-  DDP steps ran 3.2% and 3.8% faster in two calls.
 - With the reducer off, DDP skips its per-forward broadcast of rank 0's buffers too. That is harmless here: the only
   buffers are the rotary `inv_freq` vectors, the same on every rank, and DDP still synchronizes parameters and
   buffers when it wraps the model.

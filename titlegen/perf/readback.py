@@ -54,7 +54,7 @@ class Deferred:
     """Per-step GPU values read on the host one step late, for decisions every rank must take at the same step.
 
     A decision read in the step that computes its value waits for that step's kernels, and the GPU then idles while
-    the host prepares the next step (docs/performance.md, 2026-11-27b). Each value is copied to pinned
+    the host prepares the next step. Each value is copied to pinned
     host memory behind its kernels; `earlier()`, called after the next step's kernels are queued, returns the values
     pushed before that newest one: if it waits at all, the GPU still has the newest step's work queued.
     """

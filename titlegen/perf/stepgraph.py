@@ -2,12 +2,12 @@
 
 On a 0.5B model at batch 32 the step is bound by the host, not the GPU: 24 decoder layers x 3 passes (forward,
 recompute, backward) of compiled regions, each with its guards, wrappers and ~80 kernel launches, keep the GPU
-waiting about a third of each step (`benchmarks/step_profile.py`, docs/performance.md). A graph replays the same
+waiting about a third of each step. A graph replays the same
 kernels without that Python. Unlike Unsloth's per-block graphs, the graph holds the backward too: the recompute of
 each checkpointed layer, its gradients, and the LoRA weights' gradients, accumulated into buffers that every graph
 shares.
 
-How a step runs (`StepGraphs.__call__`, called by `modeling.causal_lm_loss` when training on a GPU):
+How a step runs (`StepGraphs.__call__`, called by `loss.causal_lm_loss` when training on a GPU):
 - until a step has run without compiling anything (torch.compile's count of graphs did not grow), a new batch shape
   runs eagerly first (the caller runs it when this returns None): compiling Unsloth's regions for a shape must not
   happen during a capture. After that, a new shape is captured the first time it comes, unless its batch size is
@@ -21,7 +21,7 @@ How a step runs (`StepGraphs.__call__`, called by `modeling.causal_lm_loss` when
   ordinary `.grad`s.
 
 A shape is the padded batch (`data.pad_to_multiple_of`) and a number of title positions: a graph serves every batch
-of its padded shape with up to that many positions, the rest being weight-0 padding rows (`losses.head_cross_entropy`'s
+of its padded shape with up to that many positions, the rest being weight-0 padding rows (`loss.head_cross_entropy`'s
 `weights`); a batch with more positions than any graph of its shape has gets a new graph, captured with
 `HEADROOM` (rounded up to `POSITION_BUCKET`). Graphs are dropped when a
 tensor the step reads (a weight, a buffer, a 4-bit quantization state, the rotary tables) has moved. Steps run

@@ -2,8 +2,7 @@
 
 Both decisions are read on the host one step late where that costs nothing in what they guarantee
 (`readback.Deferred`). A read in the step that computes the value waits for the GPU, and the GPU then idles while
-the host prepares the next step: with a 0.5B model that idle time was a fifth of each step on one GPU, more under DDP
-(docs/performance.md, 2026-11-27b).
+the host prepares the next step: with a 0.5B model a fifth of each step on one GPU, more under DDP.
 - A non-finite loss: the bad step's update is skipped on the device (the fused optimizer's `found_inf`, as
   GradScaler uses), and the run stops before the next step's update.
 - A signal, under DDP: the ranks decide together at the step after the one during which it came.
