@@ -5,6 +5,7 @@ Stopping a fit cleanly (signals, a non-finite loss) is `titlegen.runtime.stoppin
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,32 @@ class Throughput(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation time is not training time: restart the window after it.
         self._tokens, self._start = 0, None
+
+
+class HyperparameterMetrics(L.Callback):
+    """Fill TensorBoard's HPARAMS tab: the run's hyperparameters with its final validation or test BERTScore F1."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        f1 = trainer.callback_metrics.get(f"{stage}/bertscore_f1")
+        if trainer.logger is None or f1 is None or trainer.fast_dev_run:
+            return
+        params = {**hyperparameters(pl_module.hparams), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+                  "max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps}  # fmt: skip
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and "batch_size" in datamodule.hparams:
+            params["batch_size"] = datamodule.hparams.batch_size
+        trainer.logger.log_hyperparams(params, metrics={f"hp/{stage}_bertscore_f1": float(f1)})
+
+
+def hyperparameters(hparams: Any) -> dict[str, Any]:
+    """Values TensorBoard's HPARAMS tab shows as they are: numbers, strings and booleans; anything else as text."""
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in dict(hparams).items()}
 
 
 class TitleWriter(BasePredictionWriter):

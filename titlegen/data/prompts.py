@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 # The question comes after the abstract: with it before, small instruct models (SmolLM2-135M) tend to copy the
-# abstract instead of answering. Compared on 8 abstracts with five other wordings (docs/results.md, "Prompt").
+# abstract instead of answering. Compared on 6 to 8 abstracts with five other wordings (docs/results.md, "Prompt").
 SYSTEM_PROMPT = "You are a helpful assistant."
 USER_TEMPLATE = "Abstract:\n{abstract}\n\nWhat is a good title for this paper? Reply with only the title."
 
@@ -54,3 +54,23 @@ def clean_title(text: str) -> str:
     if not title and len(lines) > 1:
         return clean_title("\n".join(lines[1:]))
     return " ".join(title.split())
+
+
+# A sentence ends at . ! or ? followed by a space and an upper-case letter, a digit, or an opening bracket or quote,
+# unless the word before the full stop is an abbreviation ("Fig. 3", "et al. (2020)") or a single letter ("U.S.").
+_SENTENCE_END = re.compile(r"[.!?]\s+(?=[A-Z0-9(\[\"“'])")
+_ABBREVIATIONS = {"al", "cf", "dr", "e.g", "eq", "eqs", "etc", "fig", "figs", "i.e", "mr", "ms", "no", "prof", "ref",
+                  "refs", "sec", "vs"}  # fmt: skip
+
+
+def first_sentence(abstract: str) -> str:
+    """The abstract's first sentence, without its final full stop: the trivial title that a model must beat."""
+    text = " ".join(abstract.split())
+    for end in _SENTENCE_END.finditer(text):
+        word = text[: end.start()].rsplit(" ", 1)[-1].lstrip("([")
+        initial = len(word) == 1 and word.isupper()  # "A. B. Smith"
+        dotted = re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]", word)  # "U.S", "e.g"
+        if text[end.start()] == "." and (word.lower() in _ABBREVIATIONS or initial or dotted):
+            continue
+        return text[: end.start() + (text[end.start()] != ".")]
+    return text[:-1] if text.endswith(".") else text

@@ -1,0 +1,103 @@
+"""`main.py sweep`: a grid file's points and names, bad files refused, and a real sweep on a tiny model that skips
+finished points and resumes an interrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from main import main as entry
+from tests.helpers import cli_args
+from titlegen.errors import OptionError, run_main
+from titlegen.sweep.grid import load_sweep
+from titlegen.sweep.runner import DONE
+
+
+def write_sweep(path: Path, **fields) -> Path:
+    path.write_text(yaml.safe_dump(fields))
+    return path
+
+
+def test_points_are_the_grids_product_with_readable_unique_names(tmp_path):
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path / "s.yaml",
+            configs=["full_lora.yaml"],
+            grid={"model.learning_rate": [1e-4, 5e-4], "model.lora_scope": ["all", [0, 11]], "seed_everything": [1, 2]},
+        )
+    )
+    assert sweep.experiment == "sweeps/s" and len(sweep.points) == 8
+    names = [p.name for p in sweep.points]
+    assert len(set(names)) == 8 and names[0] == "learning_rate=0.0001,lora_scope=all,seed_everything=1"
+    assert "learning_rate=0.0005,lora_scope=0-11,seed_everything=2" in names
+    assert sweep.points[-1].args() == [
+        "--model.learning_rate=0.0005",
+        "--model.lora_scope=[0, 11]",
+        "--seed_everything=2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"configs": ["full_lora.yaml"]}, "`grid` must map option names to lists"),
+        ({"grid": {"model.lora_r": 8}}, r"grid option\(s\) \['model.lora_r'\] need a non-empty list"),
+        ({"grid": {"model.lora_r": [8]}, "per_devices": 2}, r"unknown key\(s\) \['per_devices'\]"),
+        ({"grid": {"model.lora_r": [8]}, "per_device": 0}, "per_device=0"),
+    ],
+)
+def test_bad_sweep_files_are_refused_with_the_key(tmp_path, fields, message):
+    with pytest.raises(OptionError, match=message):
+        load_sweep(write_sweep(tmp_path / "bad.yaml", **fields))
+
+
+def test_a_missing_sweep_file_is_a_user_error(tmp_path, capsys):
+    assert run_main(entry, ["sweep", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "error: --config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_skips_what_is_done_and_resumes_an_interrupted_point(tiny_model_dir, pairs_file, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    run = cli_args(tiny_model_dir, tmp_path, source=pairs_file, batch_size=4, eval_batch_size=4, progress_bar=False)
+    args = [a for a in run if not a.startswith("--trainer.logger.init_args.save_dir")]
+    args += ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+             "--trainer.limit_test_batches=1", "--model.val_generate_samples=2"]  # fmt: skip
+    sweep_file = write_sweep(tmp_path / "grid.yaml", experiment="sweeps/g", configs=["full_lora.yaml"], args=args,
+                             save_dir=str(logs), per_device=2,
+                             grid={"model.learning_rate": [1e-4, 1e-3], "model.lora_scope": ["all", [1]],
+                                   "seed_everything": [1, 2]})  # fmt: skip
+    sweep = load_sweep(sweep_file)
+    # An interrupted point: its fit stopped at step 2 with a last.ckpt, and no fit.done marker.
+    from titlegen.cli import main as lightning_cli
+
+    interrupted = sweep.points[0]
+    folder = logs / "sweeps/g" / interrupted.name
+    logger = [
+        f"--trainer.logger.init_args.save_dir={logs}",
+        f"--trainer.logger.init_args.name=sweeps/g/{interrupted.name}",
+    ]
+    lightning_cli(["fit", "--config", "full_lora.yaml", *args, *interrupted.args(), "--trainer.max_steps=2", *logger])
+    assert (folder / "version_0/checkpoints/last.ckpt").is_file() and not (folder / DONE).exists()
+
+    assert run_main(entry, ["sweep", "--config", str(sweep_file), "--devices", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "8 points, 0 done, 8 to run" in out and "all 8 points done" in out
+    for point in sweep.points:
+        tested = sorted((logs / "sweeps/g" / point.name).glob("version_*/metrics.json"))
+        assert len(tested) == 1, point.name
+        summary = json.loads(tested[0].read_text())
+        assert summary["seed"] == int(point.name.rsplit("=", 1)[1])
+    # The interrupted point resumed in its own version folder (no second fit folder) and trained to the end.
+    import torch
+
+    last = torch.load(folder / "version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4
+    assert "Resuming from" in (folder / "sweep.log").read_text()
+    assert [p.parent.name for p in folder.glob("version_*/checkpoints")] == ["version_0"]
+    # Again: nothing left to run.
+    assert run_main(entry, ["sweep", "--config", str(sweep_file), "--devices", "cpu"]) == 0
+    assert "8 points, 8 done, 0 to run" in capsys.readouterr().out

@@ -1,0 +1,100 @@
+"""Running a sweep's points: each an ordinary `fit` then `test` in its own process, several at once per device.
+
+A point's state is read from its run folders, so running the sweep again skips what is done and goes on where it
+stopped: `test` results present means done; a `fit.done` marker means only `test` is left; a `last.ckpt` without
+the marker means an interrupted fit, resumed with `--ckpt_path last`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from titlegen.sweep.grid import Point, Sweep
+
+DONE = "fit.done"
+
+
+@dataclass
+class Plan:
+    """What one point still needs: the `fit` and `test` argument lists (None when that part is done)."""
+
+    point: Point
+    folder: Path
+    fit: list[str] | None
+    test: list[str] | None
+
+
+def plan(sweep: Sweep, point: Point, extra: list[str]) -> Plan:
+    name = f"{sweep.experiment}/{point.name}"
+    folder = Path(sweep.save_dir, name)
+    configs = [arg for config in sweep.configs for arg in ("--config", config)]
+    logger = [f"--trainer.logger.init_args.save_dir={sweep.save_dir}", f"--trainer.logger.init_args.name={name}"]
+    common = [*configs, *sweep.args, *point.args(), *logger, *extra]
+    tested = any(folder.glob("version_*/metrics.json"))
+    fitted = (folder / DONE).is_file()
+    started = any(folder.glob("version_*/checkpoints/last*.ckpt"))
+    fit = None if fitted or tested else ["fit", *common, *(["--ckpt_path=last"] if started else [])]
+    return Plan(point, folder, fit, None if tested else ["test", *common])
+
+
+def devices(requested: list[str] | None) -> list[str]:
+    """The devices to spread points over: the GPUs this process sees (or `requested`), else the CPU."""
+    if requested:
+        return requested
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def run(sweep: Sweep, extra: list[str], device_list: list[str], per_device: int) -> list[Plan]:
+    """Run every point that is not done, at most `per_device` at once on each device; return the points that failed."""
+    plans = [plan(sweep, point, extra) for point in sweep.points]
+    todo = [p for p in plans if p.fit or p.test]
+    print(f"sweep {sweep.experiment}: {len(plans)} points, {len(plans) - len(todo)} done, {len(todo)} to run on"
+          f" {len(device_list)} device(s) x {per_device}", flush=True)  # fmt: skip
+    slots = [device for device in device_list for _ in range(per_device)]
+    running: dict[str, tuple[subprocess.Popen, Plan, float]] = {}
+    failed: list[Plan] = []
+    free = list(range(len(slots)))
+    while todo or running:
+        while todo and free:
+            slot = free.pop(0)
+            job = todo.pop(0)
+            running[str(slot)] = (_start(job, slots[slot]), job, time.perf_counter())
+            print(f"  start  {job.point.name} on {_where(slots[slot])}", flush=True)
+        time.sleep(0.5)
+        for slot, (process, job, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[slot]
+            free.append(int(slot))
+            minutes = (time.perf_counter() - started) / 60
+            if process.returncode:
+                failed.append(job)
+                print(f"  FAILED {job.point.name} (exit {process.returncode}, {minutes:.1f} min): see"
+                      f" {job.folder / 'sweep.log'}", flush=True)  # fmt: skip
+            else:
+                print(f"  done   {job.point.name} ({minutes:.1f} min)", flush=True)
+    return failed
+
+
+def _where(device: str) -> str:
+    return "the CPU" if device == "cpu" else f"GPU {device}"
+
+
+def _start(job: Plan, device: str) -> subprocess.Popen:
+    job.folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if device != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = device
+    plan_file = job.folder / "sweep_point.json"
+    plan_file.write_text(json.dumps({"fit": job.fit, "test": job.test, "done": str(job.folder / DONE)}))
+    command = [sys.executable, "-m", "titlegen.sweep.worker", str(plan_file)]
+    with open(job.folder / "sweep.log", "a", encoding="utf-8") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
