@@ -15,6 +15,7 @@ from main import main
 from tests.helpers import REPO, cli_args
 from tests.report.mdtables import section, table_row
 from tests.report.runfolders import per_title, write_fit_events, write_fit_run, write_test_run
+from titlegen.errors import run_main
 from titlegen.report import command as report
 
 
@@ -79,10 +80,11 @@ def test_help_documents_every_option(capsys):
 
 
 @pytest.mark.parametrize("bad", [["--bootstrap", "0"], ["--permutations", "0"], ["--examples", "-1"]])
-def test_bad_counts_are_usage_errors(bad, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        report.main(["--logs", str(tmp_path), "--out", str(tmp_path / "out"), *bad])
-    assert exit_info.value.code == 2 and bad[0] in capsys.readouterr().err
+def test_bad_counts_are_user_errors(bad, tmp_path, capsys):
+    # Through main.py's entry point: one `error:` line, exit status 2, no traceback, nothing written.
+    assert run_main(main, ["report", "--logs", str(tmp_path), "--out", str(tmp_path / "out"), *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad[0]} {bad[1]}") and "Fix:" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from titlegen.errors import OptionError
 from titlegen.report import figures, records
 from titlegen.report.document import Report, markdown
 from titlegen.report.results import compare, summarize
@@ -59,18 +60,8 @@ def draw_figures(report: Report, out: Path) -> None:
             report.figures[name] = f"{sweep.experiment}: test F1 against the learning rate"
 
 
-def write_report(
-    logs: Path,
-    out: Path,
-    experiments: list[str],
-    sweeps: Sequence[str] = (),
-    resamples: int = 2000,
-    permutations: int = 9999,
-    seed: int = 0,
-    count: int = 5,
-) -> Path:
-    """Write out/summary.md, out/summary.json and the figures; returns the summary's path."""
-    report = build_report(logs, experiments, sweeps, resamples, permutations, seed, count)
+def write_report(report: Report, out: Path) -> Path:
+    """Write out/summary.md, out/summary.json and the figures of a built report; returns the summary's path."""
     out.mkdir(parents=True, exist_ok=True)
     draw_figures(report, out)
     summary = out / "summary.md"
@@ -146,10 +137,11 @@ def main(args: list[str] | None = None) -> Path:
     options = parser.parse_args(args)
     for name in ("bootstrap", "permutations"):
         if getattr(options, name) < 1:
-            parser.error(f"--{name} {getattr(options, name)}: need at least 1 resample (e.g. 2000)")
+            raise OptionError(f"--{name} {getattr(options, name)}: need at least 1 resample. Fix: e.g. 2000.")
     if options.examples < 0:
-        parser.error(f"--examples {options.examples}: must be 0 or more")
-    summary = write_report(options.logs, options.out, options.experiments, options.sweeps, options.bootstrap,
-                           options.permutations, options.seed, options.examples)  # fmt: skip
+        raise OptionError(f"--examples {options.examples}: must be 0 or more. Fix: e.g. 5.")
+    report = build_report(options.logs, options.experiments, options.sweeps, options.bootstrap, options.permutations,
+                          options.seed, options.examples)  # fmt: skip
+    summary = write_report(report, options.out)
     print(f"Report written to {summary} and {summary.with_suffix('.json')}")
     return summary
