@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers import ASSISTANT_HEADER, MAX_LEN, build_tokenizer, synthetic_pairs
 from titlegen.data.tokenization import chat_tokens, encode_pairs, render_prompt
-from titlegen.errors import DataError
+from titlegen.errors import DataError, ModelError
 
 
 def test_chat_tokens_tiny_tokenizer(tiny_tokenizer):
@@ -54,7 +54,7 @@ def test_chat_tokens_without_any_free_pad_token():
     tokenizer = build_tokenizer()
     tokenizer.eos_token = "<|endoftext|>"  # wrong eos and end-of-turn together take both candidates
     tokenizer.pad_token = "<|im_end|>"
-    with pytest.raises(ValueError, match="No pad token distinct"):
+    with pytest.raises(ModelError, match="has no pad token distinct from its end-of-turn and eos tokens. Fix:"):
         chat_tokens(tokenizer)
 
 

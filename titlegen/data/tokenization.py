@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from titlegen.data.prompts import build_messages
-from titlegen.errors import DataError
+from titlegen.errors import DataError, ModelError
 from titlegen.modelfiles import materialize
 
 IGNORE_INDEX = -100
@@ -38,7 +38,10 @@ def chat_tokens(tokenizer: Any) -> ChatTokens:
     after_ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
     end_of_turn_id = after_ids[0] if after_ids else tokenizer.eos_token_id
     if end_of_turn_id is None:
-        raise ValueError("The tokenizer's chat template ends an answer with no token and has no eos token.")
+        raise ModelError(
+            f"the tokenizer of {tokenizer.name_or_path!r}: its chat template ends an answer with no token and it has"
+            " no eos token, so titles could not stop. Fix: use an instruct (chat) model's tokenizer."
+        )
     taken = {end_of_turn_id, tokenizer.eos_token_id}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id not in taken | {None} else None
     if pad_id is None:
@@ -46,7 +49,10 @@ def chat_tokens(tokenizer: Any) -> ChatTokens:
         candidates = [*_PAD_CANDIDATES, *tokenizer.all_special_tokens]
         pad_id = next((vocab[t] for t in candidates if t in vocab and vocab[t] not in taken), None)
     if pad_id is None:
-        raise ValueError("No pad token distinct from end-of-turn/eos in this tokenizer; add one and resize embeddings.")
+        raise ModelError(
+            f"the tokenizer of {tokenizer.name_or_path!r} has no pad token distinct from its end-of-turn and eos"
+            " tokens. Fix: add one to the tokenizer (and resize the model's embeddings), or use another model."
+        )
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end_of_turn_id)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     return ChatTokens(end_of_turn_id=end_of_turn_id, pad_id=pad_id)
