@@ -335,7 +335,12 @@ class TitleGenModule(L.LightningModule):
             self.model, batch["prompt_ids"][rows, first:], mask[:, first:], self.hparams.max_new_tokens,
             self.chat.end_of_turn_id, self.chat.pad_id, decoding,
         )  # fmt: skip
-        titles = [clean_title(self.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens]
+        # The text as generated: transformers' clean-up of spaces before punctuation is meant for WordPiece
+        # vocabularies (it skips BPE ones, with a warning), not for an LLM's titles.
+        titles = [
+            clean_title(self.tokenizer.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+            for t in new_tokens
+        ]
         for sample_id, ref, abstract, title, tokens in zip(ids, refs, abstracts, titles, new_tokens, strict=True):
             stopped = bool(tokens) and tokens[-1] == self.chat.end_of_turn_id
             self.generations.append(
