@@ -5,7 +5,6 @@ Stopping a fit cleanly (signals, a non-finite loss) is `titlegen.runtime.stoppin
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from titlegen.metrics import gather_from_ranks
-from titlegen.runtime.runs import run_dir
+from titlegen.runtime.runs import run_dir, run_seed
 
 
 def _tensorboard(trainer: L.Trainer) -> Any:
@@ -127,7 +126,7 @@ class HyperparameterMetrics(L.Callback):
         f1 = trainer.callback_metrics.get(f"{stage}/bertscore_f1")
         if trainer.logger is None or f1 is None or trainer.fast_dev_run:
             return
-        params = {**hyperparameters(pl_module.hparams), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+        params = {**hyperparameters(pl_module.hparams), "seed": run_seed(),
                   "max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps}  # fmt: skip
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and "batch_size" in datamodule.hparams:

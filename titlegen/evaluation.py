@@ -11,9 +11,6 @@ from typing import Any
 from titlegen.metrics import BERTScoreMetric
 from titlegen.textmetrics import copies_opening, rouge_l, words
 
-# metrics.json's and the loggers' names of the means, in the order tables show them.
-MEANS = ("bertscore_f1", "bertscore_precision", "bertscore_recall", "rouge_l", "title_words", "copy_rate", "stop_rate")
-
 
 @dataclass
 class Scored:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from titlegen.model import generation, loading, lora
 from titlegen.model.generation import Decoding, Strategy
 from titlegen.model.lora import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope
 from titlegen.options import check_module_options
-from titlegen.runtime.runs import run_dir
+from titlegen.runtime.runs import run_dir, run_seed
 
 TitleSource = Literal["generated", "first_sentence"]
 
@@ -370,7 +369,7 @@ class TitleGenModule(L.LightningModule):
             "decoding": asdict(self.decoding) if hp.titles == "generated" else None,
             "trainable_params": self.trainable_params,
             "checkpoint": self.trainer.ckpt_path,
-            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "seed": run_seed(),
             "test_seconds": round(time.perf_counter() - self._test_start, 1),
         }
         write_test_outputs(out_dir, scored, summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def experiment_dir(trainer: L.Trainer) -> tuple[str, str]:
     """The save_dir and name of the trainer's logger: where its experiment's version folders are."""
     logger = trainer.logger
     return getattr(logger, "save_dir", None) or "lightning_logs", getattr(logger, "name", None) or ""
+
+
+def run_seed() -> int:
+    """The seed LightningCLI's `seed_everything` exported for this run (-1 where none was set)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", -1))
 
 
 def run_dir(trainer: L.Trainer) -> Path:

@@ -13,9 +13,10 @@ def _shown(path: str | Path | None) -> str:
     if not path:
         return "none"
     try:
-        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+        relative = os.path.relpath(path)
     except ValueError:  # another drive
         return str(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def _metric(trainer: L.Trainer, name: str) -> str:

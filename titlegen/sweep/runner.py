@@ -59,21 +59,21 @@ def run(sweep: Sweep, extra: list[str], device_list: list[str], per_device: int)
     print(f"sweep {sweep.experiment}: {len(plans)} points, {len(plans) - len(todo)} done, {len(todo)} to run on"
           f" {len(device_list)} device(s) x {per_device}", flush=True)  # fmt: skip
     slots = [device for device in device_list for _ in range(per_device)]
-    running: dict[str, tuple[subprocess.Popen, Plan, float]] = {}
+    running: dict[int, tuple[subprocess.Popen, Plan, float]] = {}
     failed: list[Plan] = []
     free = list(range(len(slots)))
     while todo or running:
         while todo and free:
             slot = free.pop(0)
             job = todo.pop(0)
-            running[str(slot)] = (_start(job, slots[slot]), job, time.perf_counter())
+            running[slot] = (_start(job, slots[slot]), job, time.perf_counter())
             print(f"  start  {job.point.name} on {_where(slots[slot])}", flush=True)
         time.sleep(0.5)
         for slot, (process, job, started) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[slot]
-            free.append(int(slot))
+            free.append(slot)
             minutes = (time.perf_counter() - started) / 60
             if process.returncode:
                 failed.append(job)
