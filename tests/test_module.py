@@ -105,6 +105,18 @@ def test_configure_model_is_idempotent(tiny_model_dir):
     assert module.trainable_params == 16_384
 
 
+def test_lora_weights_start_from_the_run_seed_unless_lora_seed_is_set(tiny_model_dir, monkeypatch):
+    def lora_a(seed_everything: int, **kwargs) -> torch.Tensor:
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed_everything))
+        module = make(tiny_model_dir, "last", **kwargs)
+        module.configure_model()
+        return next(p for n, p in module.model.named_parameters() if "lora_A" in n).detach().float().clone()
+
+    assert torch.equal(lora_a(1), lora_a(1))
+    assert not torch.equal(lora_a(1), lora_a(2))  # repeats over seeds vary the initialisation too
+    assert torch.equal(lora_a(1, lora_seed=7), lora_a(2, lora_seed=7))
+
+
 def test_impossible_options_are_rejected_together_before_loading():
     with pytest.raises(OptionError, match=r"lora_r=0.*\n.*lora_dropout=1.5.*\n.*val_generate_samples=0"):
         TitleGenModule(model_name="does/not-exist", lora_r=0, lora_dropout=1.5, val_generate_samples=0)

@@ -62,7 +62,7 @@ class TitleGenModule(L.LightningModule):
         bertscore_num_layers: int | None = None,
         bertscore_lang: str = "en",
         trust_remote_code: bool = False,
-        lora_seed: int = 3407,
+        lora_seed: int | None = None,
     ) -> None:
         """Fine-tune an instruct LLM with QLoRA (Unsloth, 4-bit) to write paper titles; evaluate with BERTScore.
 
@@ -118,7 +118,8 @@ class TitleGenModule(L.LightningModule):
             bertscore_lang: language code of the titles for BERTScore (en).
             trust_remote_code: let the model's repository run its own Python code when loading (off: loading runs no
                 code).
-            lora_seed: seed of the LoRA weights' initialisation.
+            lora_seed: seed of the LoRA weights' initialisation; null for the run's `seed_everything`, so that
+                repeating a run with other seeds varies the initialisation as well as the data order.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -151,7 +152,7 @@ class TitleGenModule(L.LightningModule):
         base = loading.load_base_model(hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code)
         self.model = lora.apply_lora(
             base, hp.lora_scope, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules,
-            hp.gradient_checkpointing, hp.lora_seed,
+            hp.gradient_checkpointing, hp.lora_seed if hp.lora_seed is not None else max(run_seed(), 0),
         )  # fmt: skip
         self.trainable_params = lora.trainable_parameters(self.model)
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
