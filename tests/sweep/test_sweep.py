@@ -13,7 +13,7 @@ from main import main as entry
 from tests.helpers import cli_args
 from titlegen.errors import OptionError, run_main
 from titlegen.sweep.grid import load_sweep
-from titlegen.sweep.runner import DONE
+from titlegen.sweep.runner import DONE, plan
 
 
 def write_sweep(path: Path, **fields) -> Path:
@@ -47,11 +47,28 @@ def test_points_are_the_grids_product_with_readable_unique_names(tmp_path):
         ({"grid": {"model.lora_r": 8}}, r"grid option\(s\) \['model.lora_r'\] need a non-empty list"),
         ({"grid": {"model.lora_r": [8]}, "per_devices": 2}, r"unknown key\(s\) \['per_devices'\]"),
         ({"grid": {"model.lora_r": [8]}, "per_device": 0}, "per_device=0"),
+        ({"grid": {"model.lora_r": [8]}, "fit": "no"}, "fit='no'"),
     ],
 )
 def test_bad_sweep_files_are_refused_with_the_key(tmp_path, fields, message):
     with pytest.raises(OptionError, match=message):
         load_sweep(write_sweep(tmp_path / "bad.yaml", **fields))
+
+
+def test_a_test_only_sweep_plans_no_fit_and_needs_a_checkpoint(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path / "d.yaml", experiment="sweeps/d", fit=False, save_dir=str(tmp_path),
+                             grid={"model.generation": ["greedy", "beam"]})  # fmt: skip
+    sweep = load_sweep(sweep_file)
+    plans = [plan(sweep, point, ["--ckpt_path=x.ckpt"]) for point in sweep.points]
+    assert [p.fit for p in plans] == [None, None]
+    assert (
+        plans[1].test[0] == "test"
+        and "--model.generation=beam" in plans[1].test
+        and "--ckpt_path=x.ckpt" in plans[1].test
+    )
+    assert run_main(entry, ["sweep", "--config", str(sweep_file)]) == 2
+    err = capsys.readouterr().err
+    assert "fit: false" in err and "--ckpt_path" in err
 
 
 def test_a_missing_sweep_file_is_a_user_error(tmp_path, capsys):

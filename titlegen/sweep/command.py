@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: list[str]) -> None:
     options, extra = build_parser().parse_known_args(args)
     sweep = load_sweep(options.config)
+    if not sweep.fit and not any(arg.startswith("--ckpt_path") for arg in [*sweep.args, *extra]):
+        raise OptionError(
+            f"{options.config}: fit: false tests every point on one checkpoint, and none is given."
+            " Fix: add --ckpt_path <run>/checkpoints/<file>.ckpt to the command."
+        )
     per_device = options.per_device or sweep.per_device
     if per_device < 1:
         raise OptionError(f"--per_device {per_device}: must be 1 or more.")

@@ -13,7 +13,7 @@ import yaml
 
 from titlegen.errors import OptionError
 
-_KEYS = {"experiment", "configs", "args", "grid", "per_device", "save_dir"}
+_KEYS = {"experiment", "configs", "args", "grid", "per_device", "save_dir", "fit"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class Sweep:
     grid: dict[str, list[Any]]
     per_device: int = 1
     save_dir: str = "lightning_logs"
+    # False: every point only tests (a checkpoint given with --ckpt_path), e.g. decoding options on one model.
+    fit: bool = True
     points: list[Point] = field(default_factory=list)
 
 
@@ -76,10 +78,13 @@ def load_sweep(path: str | Path) -> Sweep:
     per_device = raw.get("per_device", 1)
     if not isinstance(per_device, int) or per_device < 1:
         raise OptionError(f"{path}: per_device={per_device!r}: points run at once on one device must be 1 or more.")
+    fit = raw.get("fit", True)
+    if not isinstance(fit, bool):
+        raise OptionError(f"{path}: fit={fit!r}: must be true (fit then test each point) or false (test only).")
     sweep = Sweep(
         path=path, experiment=str(experiment), configs=[str(c) for c in raw.get("configs") or []],
         args=[str(a) for a in raw.get("args") or []], grid=grid, per_device=per_device,
-        save_dir=str(raw.get("save_dir") or "lightning_logs"),
+        save_dir=str(raw.get("save_dir") or "lightning_logs"), fit=fit,
     )  # fmt: skip
     keys = list(grid)
     sweep.points = [Point(tuple(zip(keys, combo, strict=True))) for combo in itertools.product(*grid.values())]

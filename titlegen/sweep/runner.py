@@ -39,7 +39,7 @@ def plan(sweep: Sweep, point: Point, extra: list[str]) -> Plan:
     tested = any(folder.glob("version_*/metrics.json"))
     fitted = (folder / DONE).is_file()
     started = any(folder.glob("version_*/checkpoints/last*.ckpt"))
-    fit = None if fitted or tested else ["fit", *common, *(["--ckpt_path=last"] if started else [])]
+    fit = None if fitted or tested or not sweep.fit else ["fit", *common, *(["--ckpt_path=last"] if started else [])]
     return Plan(point, folder, fit, None if tested else ["test", *common])
 
 
