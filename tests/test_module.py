@@ -108,6 +108,9 @@ def test_configure_model_is_idempotent(tiny_model_dir):
 def test_impossible_options_are_rejected_together_before_loading():
     with pytest.raises(OptionError, match=r"lora_r=0.*\n.*lora_dropout=1.5.*\n.*val_generate_samples=0"):
         TitleGenModule(model_name="does/not-exist", lora_r=0, lora_dropout=1.5, val_generate_samples=0)
+    # What jsonargparse refuses on the command line, for a module built in Python.
+    with pytest.raises(OptionError, match=r"compute_dtype=float32: must be auto, bfloat16 or float16"):
+        TitleGenModule(model_name="does/not-exist", compute_dtype="float32")
 
 
 class _StepLog(L.Callback):
