@@ -97,12 +97,12 @@ def build_tiny_model(
 
 
 # ----------------------------------------------------------------------------------------------- LoRA models, steps
-def trained_looking_lora(model_dir, scope, checkpointing="unsloth", dropout=0.0):
+def trained_looking_lora(model_dir, scope, checkpointing="unsloth", dropout=0.0, compute_dtype="auto"):
     """A 4-bit base with LoRA adapters of random values: LoRA B starts at zero, which would zero the A gradients."""
     from titlegen.model import loading, lora
     from titlegen.model.lora import DEFAULT_TARGET_MODULES
 
-    base = loading.load_base_model(str(model_dir), 512)
+    base = loading.load_base_model(str(model_dir), 512, compute_dtype=compute_dtype)
     model = lora.apply_lora(base, scope, 8, 16, dropout, DEFAULT_TARGET_MODULES, checkpointing, 0)
     torch.manual_seed(1)
     with torch.no_grad():

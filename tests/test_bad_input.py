@@ -185,6 +185,19 @@ def test_unknown_lora_scope(tiny_model_dir, tmp_path, splits, capsys):
     assert "Fix: see `python main.py fit --help`" in message
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "values"),
+    [
+        ("cuda_graphs", "maybe", "Literal['auto']"),
+        ("compute_dtype", "float32", "Literal['auto', 'bfloat16', 'float16']"),
+    ],
+)
+def test_unknown_cuda_graphs_or_compute_dtype(tiny_model_dir, tmp_path, splits, capsys, option, value, values):
+    message = fit(tiny_model_dir, tmp_path, splits, capsys, f"--model.{option}={value}")
+    assert f'Parser key "model.{option}"' in message and value in message
+    assert values in message and "Fix: see `python main.py fit --help`" in message
+
+
 def test_layer_index_out_of_range_for_the_model(tiny_model_dir, tmp_path, splits, capsys):
     message = fit(tiny_model_dir, tmp_path, splits, capsys, "--model.lora_scope=[0, 99]")
     assert re.search(

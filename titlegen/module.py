@@ -22,8 +22,10 @@ from titlegen.evaluation import Scored, score_generations, write_test_outputs
 from titlegen.metrics import BERTScoreMetric, gather_from_ranks
 from titlegen.model import generation, loading, lora
 from titlegen.model.generation import Decoding, Strategy
+from titlegen.model.loading import ComputeDtype
 from titlegen.model.lora import DEFAULT_TARGET_MODULES, Checkpointing, LoraScope
 from titlegen.options import check_module_options
+from titlegen.runtime.lossscale import LossScale
 from titlegen.runtime.runs import run_dir, run_seed
 
 TitleSource = Literal["generated", "first_sentence"]
@@ -46,7 +48,8 @@ class TitleGenModule(L.LightningModule):
         target_modules: list[str] = list(DEFAULT_TARGET_MODULES),  # noqa: B006 (shown by --help; never mutated)
         max_seq_length: int = 512,
         gradient_checkpointing: Checkpointing = "offload",
-        cuda_graphs: bool = True,
+        cuda_graphs: bool | Literal["auto"] = "auto",
+        compute_dtype: ComputeDtype = "auto",
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 10,
@@ -88,10 +91,20 @@ class TitleGenModule(L.LightningModule):
                 `unsloth`: `offload` through Unsloth's own implementation; true: torch's checkpoint, inputs on the
                 GPU; false: every activation kept (most memory).
             cuda_graphs: on a GPU, replay each training step (forward, loss and backward) as a CUDA graph, one per
-                padded batch shape, instead of launching its thousands of kernels from Python. New shapes run
-                eagerly first. Not used with dropout, under autocast, or with a gradient checkpoint other than
-                `offload`, `gpu` or false. Costs a memory pool for one step at the largest shape. Pair it with
-                data.pad_to_multiple_of (64 by default), which bounds the number of shapes.
+                padded batch shape, instead of launching its thousands of kernels from Python. `auto`: decided on
+                the running GPU from the first 14 training steps of each fit: the first 8 run eagerly, the next 6
+                with graphs, and the graphs stay only if the GPU works less than 85% of an eager step's time (the
+                step is bound by the host), which one line then says. true: always; false: never (eager steps).
+                Without CUDA, steps run eagerly (with a warning for true). New shapes run eagerly first. Not used
+                with dropout, under autocast, or with a gradient checkpoint other than `offload`, `gpu` or false. A
+                capture that fails is warned about and training goes on eagerly. Costs a memory pool for one step at
+                the largest shape. Pair it with data.pad_to_multiple_of (64 by default), which bounds the number of
+                shapes.
+            compute_dtype: the dtype the model computes in on a GPU: `auto` (Unsloth's pick: bfloat16 where the GPU
+                supports it, else float16), `bfloat16` or `float16`. The LoRA weights stay float32; with float16
+                the loss is scaled for backward (torch's GradScaler) and a step whose gradients overflow is skipped.
+                Without CUDA the model computes in float32 whatever the value. The dtype used is recorded in the
+                test run's metrics.json.
             learning_rate: peak AdamW learning rate, > 0, reached after `warmup_steps` and decayed linearly to 0 at
                 the last step.
             weight_decay: AdamW weight decay on the LoRA weights, >= 0.
@@ -134,6 +147,9 @@ class TitleGenModule(L.LightningModule):
         self._bar_loss = perf.LatestValue()
         self.decoding = Decoding(generation, num_beams, length_penalty, temperature, top_p, mbr_candidates)
         self._grad_sync: perf.FlatGradientSync | None = None
+        self.compute_dtype: torch.dtype | None = None  # what the loaded model computes in (None: no model)
+        self._loss_scale: LossScale | None = None  # float16 training on a GPU only
+        self._auto_graphs: perf.AutoGraphs | None = None  # `cuda_graphs auto` during a fit on a GPU
 
     # ------------------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -149,12 +165,19 @@ class TitleGenModule(L.LightningModule):
         self.chat = chat_tokens(self.tokenizer)
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         device_map = {"": device.index or 0} if device.type == "cuda" else "sequential"
-        base = loading.load_base_model(hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code)
+        base = loading.load_base_model(
+            hp.model_name, hp.max_seq_length, device_map, hp.trust_remote_code, hp.compute_dtype
+        )
+        self.compute_dtype = loading.compute_dtype_of(base)
         self.model = lora.apply_lora(
             base, hp.lora_scope, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules,
             hp.gradient_checkpointing, hp.lora_seed if hp.lora_seed is not None else max(run_seed(), 0),
         )  # fmt: skip
         self.trainable_params = lora.trainable_parameters(self.model)
+        # Lightning's own mixed precision (`--trainer.precision 16-mixed`) scales the loss itself.
+        mixed = self._trainer is not None and isinstance(self.trainer.precision_plugin, MixedPrecision)
+        if self.compute_dtype == torch.float16 and device.type == "cuda" and self.trainable_params and not mixed:
+            self._loss_scale = LossScale()
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
         if self.trainable_params and self._trainer is not None and self.trainer.training:
             # Already here, not only in on_fit_start: callbacks' on_fit_start (the model summary's count of modules
@@ -170,9 +193,12 @@ class TitleGenModule(L.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the title tokens (the model's own loss, computed only where it is needed)."""
+        auto = self._auto_graphs
+        graphs = auto.graphs if auto is not None else self.hparams.cuda_graphs is True
+        seed = self._loss_scale.seed(self.device) if graphs and self._loss_scale is not None and self.training else None
         return perf.causal_lm_loss(
             self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("label_positions"),
-            cuda_graphs=self.hparams.cuda_graphs,
+            cuda_graphs=graphs, grad_seed=seed,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- training
@@ -191,6 +217,25 @@ class TitleGenModule(L.LightningModule):
         # Under DDP, one all-reduce of all LoRA gradients a step instead of DDP's reducer (gradsync).
         params = [p for p in self.parameters() if p.requires_grad]
         self._grad_sync = perf.take_over_gradient_sync(self.trainer.strategy, params)
+        on_gpu = self.device.type == "cuda"
+        if self.hparams.cuda_graphs is True and not on_gpu and self.trainable_params:
+            log.warning("model.cuda_graphs=true: there is no CUDA device, so the training steps run eagerly.")
+        self._auto_graphs = None
+        if self.hparams.cuda_graphs == "auto" and on_gpu and self.trainable_params:
+            self._auto_graphs = perf.AutoGraphs(perf.unwrapped(self.model))
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self._auto_graphs is not None:
+            self._auto_graphs.step_started()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        auto = self._auto_graphs
+        if auto is not None and auto.step_ended(batch["input_ids"].numel()):
+            busy = auto.measured()
+            # Every rank decides the same: the mean of the ranks' measurements (a rank may have timed no replay).
+            votes = torch.tensor([busy or 0.0, float(busy is not None)], dtype=torch.float64, device=self.device)
+            total, ranks = self.trainer.strategy.reduce(votes, reduce_op="sum").tolist()
+            rank_zero_info(auto.decide(total / ranks if ranks else None))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if self.trainable_params == 0:
@@ -202,15 +247,33 @@ class TitleGenModule(L.LightningModule):
         self._log_train_loss(loss)
         return loss
 
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # After the callbacks' on_before_backward: the NaN guard checks the loss as computed, not as scaled.
+        if self._loss_scale is not None:
+            loss = self._loss_scale.scale(loss)
+        super().backward(loss, *args, **kwargs)
+
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        # Once per optimizer step, after the last accumulated backward and before Lightning's gradient clipping.
+        # Once per optimizer step, after the last accumulated backward and before Lightning's gradient clipping (which
+        # needs the gradients unscaled), and after the callbacks' hook (the NaN guard's skip flag, which the loss
+        # scale's own adds to).
         if self._grad_sync is not None:
             self._grad_sync.average()
+        if self._loss_scale is not None:
+            self._loss_scale.unscale(optimizer)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self._loss_scale is not None:
+            self._loss_scale.update(getattr(optimizer, "optimizer", optimizer))  # Lightning's wrapper, or not
 
     def on_train_end(self) -> None:
         if self._grad_sync is not None:
             self._grad_sync.release()
             self._grad_sync = None
+        if self._auto_graphs is not None:
+            self._auto_graphs.end()  # a fit shorter than the measurement decides nothing
+            self._auto_graphs = None
 
     def _log_train_loss(self, loss: torch.Tensor) -> None:
         # Not prog_bar=True: Lightning reads a progress-bar value on the host after every step, which waits for the
@@ -303,7 +366,13 @@ class TitleGenModule(L.LightningModule):
         trainable = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in full.items() if k in trainable}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._loss_scale is not None:
+            checkpoint["loss_scale"] = self._loss_scale.state_dict()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._loss_scale is not None and checkpoint.get("loss_scale"):
+            self._loss_scale.load_state_dict(checkpoint["loss_scale"])
         # strict_loading is off (the base is absent by design), so check the adapter part ourselves.
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
         saved = set(checkpoint["state_dict"])
@@ -369,6 +438,7 @@ class TitleGenModule(L.LightningModule):
             "titles": hp.titles,
             "decoding": asdict(self.decoding) if hp.titles == "generated" else None,
             "trainable_params": self.trainable_params,
+            "compute_dtype": str(self.compute_dtype).removeprefix("torch.") if self.compute_dtype else None,
             "checkpoint": self.trainer.ckpt_path,
             "seed": run_seed(),
             "test_seconds": round(time.perf_counter() - self._test_start, 1),

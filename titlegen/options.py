@@ -33,5 +33,13 @@ def check_module_options(hp: Mapping[str, Any]) -> None:
     need(hp["temperature"] > 0, "temperature", "must be positive (e.g. 0.7)")
     need(0.0 < hp["top_p"] <= 1.0, "top_p", "must be in (0, 1]")
     need(hp["mbr_candidates"] >= 2 or hp["generation"] != "mbr", "mbr_candidates", "MBR needs 2 candidates or more")
+    # jsonargparse checks these on the command line; a module built in Python (a notebook, a test) is checked here.
+    graphs = hp.get("cuda_graphs", "auto")
+    need(isinstance(graphs, bool) or graphs == "auto", "cuda_graphs", "must be auto, true or false")
+    need(
+        hp.get("compute_dtype", "auto") in ("auto", "bfloat16", "float16"),
+        "compute_dtype",
+        "must be auto, bfloat16 or float16",
+    )
     if problems:
         raise OptionError("invalid model options:\n  " + "\n  ".join(problems))

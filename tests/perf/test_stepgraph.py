@@ -7,45 +7,81 @@ can be graphed, and when a graph is stale, is tested on the CPU too.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from tests.helpers import assert_same, loss_and_grads, padded_batch, trained_looking_lora
 from titlegen import perf
 from titlegen.data import collate
-from titlegen.model import lora
+from titlegen.model import loading, lora
 from titlegen.perf import stepgraph
 
 
-def lora_model(model_dir, scope, dropout=0.0):
+def lora_model(model_dir, scope, dropout=0.0, compute_dtype="auto"):
     """A LoRA model as a fit builds it (the lean offloading checkpoint), with adapters that look trained."""
-    model = trained_looking_lora(model_dir, scope, "offload", dropout)
+    model = trained_looking_lora(model_dir, scope, "offload", dropout, compute_dtype)
     lora.training_mode(model)
     return model
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("scope", ["all", "last"])
-def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(tiny_models, scope):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_replayed_step_gives_the_eager_loss_and_lora_gradients_for_new_inputs(tiny_models, scope, dtype):
     model_dir = tiny_models(arch="qwen2", layers=3)
-    model = lora_model(model_dir, scope)
+    model = lora_model(model_dir, scope, compute_dtype=dtype)
+    assert loading.compute_dtype_of(model) == getattr(torch, dtype)
+    # float16 trains with the loss scaled (runtime.lossscale): the eager backward starts from the scale, and the
+    # graph's backward from the same scale, its grad_seed (here one that cannot overflow the tiny model's gradients).
+    scale = 2.0**10 if dtype == "float16" else 1.0
+    grad_seed = torch.full((), scale, device="cuda") if dtype == "float16" else None
+
+    def eager_step(batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+        return loss_and_grads(model, perf.causal_lm_loss(model, **batch) * scale)
+
+    def graphed_step(batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+        return loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True, grad_seed=grad_seed) * scale)
+
     first, second = (padded_batch(model_dir, seed, "cuda") for seed in (7, 8))
     assert first["input_ids"].shape == second["input_ids"].shape
     assert not torch.equal(first["input_ids"], second["input_ids"])
 
-    eager_first = loss_and_grads(model, perf.causal_lm_loss(model, **first))
+    eager_first = eager_step(first)
     # A new shape runs eagerly first (it may compile); the second time it is captured and replayed.
     for _ in range(2):
-        graphed_first = loss_and_grads(model, perf.causal_lm_loss(model, **first, cuda_graphs=True))
+        graphed_first = graphed_step(first)
     runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
     assert (len(runner.graphs), runner.replays) == (1, 1)
     assert_same(eager_first, graphed_first)
 
-    eager = loss_and_grads(model, perf.causal_lm_loss(model, **second))
-    graphed = loss_and_grads(model, perf.causal_lm_loss(model, **second, cuda_graphs=True))
+    eager = eager_step(second)
+    graphed = graphed_step(second)
     assert runner.replays == 2, "the same graph, with the second batch copied in"
     assert_same(eager, graphed)
-    assert abs(graphed[0] - graphed_first[0]) > 1e-4, "a replay that ignored its new inputs would repeat the loss"
+    assert abs(graphed[0] - graphed_first[0]) > 1e-4 * scale, "a replay that ignored its new inputs would repeat it"
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_is_warned_once_and_the_steps_go_on_eagerly(tiny_model_dir, monkeypatch, caplog):
+    model = lora_model(tiny_model_dir, "all")
+    batch = padded_batch(tiny_model_dir, 7, "cuda")
+    eager = loss_and_grads(model, perf.causal_lm_loss(model, **batch))  # builds Unsloth's rotary tables
+
+    def failing_capture(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(stepgraph.StepGraphs, "_capture", failing_capture)
+    with caplog.at_level(logging.WARNING, logger=stepgraph.__name__):
+        # The first step of the shape runs eagerly, the second tries the capture, the rest stay eager.
+        steps = [loss_and_grads(model, perf.causal_lm_loss(model, **batch, cuda_graphs=True)) for _ in range(4)]
+    runner = model.get_base_model().__dict__[stepgraph.ATTRIBUTE]
+    assert (runner.failures, runner.replays, len(runner.graphs)) == (1, 0, 0)
+    warned = [r.getMessage() for r in caplog.records if r.name == stepgraph.__name__ and r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "capture of the training step failed" in warned[0], warned
+    for step in steps:
+        assert_same(eager, step)
 
 
 @pytest.mark.gpu

@@ -144,6 +144,19 @@ def test_skip_update_where_leaves_weights_moments_and_step_count_as_they_are():
     assert not torch.equal(taken, torch.ones(3)) and float(state["step"]) == 1, f"{why}; with found_inf 0 no update"
 
 
+def test_add_skip_flag_skips_where_either_flag_is_set():
+    why = relies("add_skip_flag", "a fused AdamW's step() reading optimizer.found_inf", TORCH)
+    for earlier, added, skipped in [(None, 1.0, True), (None, 0.0, False), (1.0, 0.0, True), (0.0, 1.0, True)]:
+        param = torch.nn.Parameter(torch.ones(3))
+        param.grad = torch.full((3,), 0.5)
+        optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
+        if earlier is not None:
+            patches.skip_update_where(optimizer, torch.tensor(earlier))
+        patches.add_skip_flag(optimizer, torch.tensor(added))
+        optimizer.step()
+        assert torch.equal(param.detach(), torch.ones(3)) is skipped, f"{why}; flags {earlier}, {added}"
+
+
 def test_clear_skip_flag_lets_the_next_step_update():
     why = relies("clear_skip_flag", "an optimizer without found_inf stepping normally", TORCH)
     _, _, optimizer = weights_after_a_step(fused=True, skip=1.0)

@@ -6,8 +6,9 @@ Unsloth is imported inside the function, so `--help`, config checks and the data
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -15,22 +16,48 @@ from titlegen import perf
 from titlegen.errors import ModelError
 from titlegen.modelfiles import materialize
 
+ComputeDtype = Literal["auto", "bfloat16", "float16"]
+
+log = logging.getLogger(__name__)
+
+
+def requested_dtype(compute_dtype: ComputeDtype, on_gpu: bool) -> torch.dtype | None:
+    """The dtype asked of Unsloth's loader: None (`auto` on a GPU) lets it pick, bf16 or fp16 where the GPU lacks bf16.
+
+    On the CPU fallback Unsloth would pick bf16 where the CPU has bf16 instructions (AVX512-BF16), fp32 elsewhere,
+    and it swaps fp16 for bf16: fp32 always, so that a CPU run gives the same titles and losses on every machine (and
+    batched greedy titles equal one-by-one ones).
+    """
+    if not on_gpu:
+        if compute_dtype != "auto":
+            log.warning(
+                "model.compute_dtype=%s applies on a GPU only: without CUDA the model computes in float32.",
+                compute_dtype,
+            )
+        return torch.float32
+    return None if compute_dtype == "auto" else getattr(torch, compute_dtype)
+
+
+def compute_dtype_of(model: Any) -> torch.dtype:
+    """The dtype a loaded model computes in: Unsloth loads its unquantized weights (embeddings, norms) in it, and
+    its 4-bit layers dequantize to it. After `auto`, this is where Unsloth's pick is read."""
+    return model.get_input_embeddings().weight.dtype
+
 
 def load_base_model(
     model_name: str,
     max_seq_length: int,
     device_map: Any = "sequential",
     trust_remote_code: bool = False,
+    compute_dtype: ComputeDtype = "auto",
 ) -> Any:
-    """Load the 4-bit base model through Unsloth, honouring the exact name or path given."""
+    """Load the 4-bit base model through Unsloth, honouring the exact name or path given; `compute_dtype` applies
+    on a GPU (`requested_dtype`)."""
     from unsloth import FastLanguageModel
 
     path = materialize(model_name)
     perf.keep_custom_op_aliasing_a_warning()  # before Unsloth compiles anything
-    # On a GPU Unsloth picks bf16, or fp16 on a T4. On the CPU fallback it picks bf16 where the CPU has bf16
-    # instructions (AVX512-BF16), fp32 elsewhere: fp32 always, so that a CPU run
-    # gives the same titles and losses on every machine (and batched greedy titles equal one-by-one ones).
-    dtype = None if torch.cuda.is_available() else torch.float32
+    dtype = requested_dtype(compute_dtype, torch.cuda.is_available())
     try:
         model, _ = FastLanguageModel.from_pretrained(
             model_name=path,

@@ -2,6 +2,7 @@
 
 - `loss`: the title-only loss through the LM head in chunks (`causal_lm_loss`);
 - `stepgraph`: the whole training step replayed as a CUDA graph per batch shape;
+- `autograph`: with `cuda_graphs auto`, those graphs only where the first steps measure the step host-bound;
 - `prefix`: frozen layers below the first adapter run without autograd;
 - `checkpointing`: a lean gradient checkpoint with the layer inputs parked in pinned host memory;
 - `gradsync`: under DDP, the LoRA gradients averaged in one all-reduce a step;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from titlegen.perf.autograph import AutoGraphs
 from titlegen.perf.checkpointing import use_lean_checkpointing
 from titlegen.perf.gradsync import FlatGradientSync
 from titlegen.perf.gradsync import take_over as take_over_gradient_sync
@@ -27,6 +29,7 @@ LEAN_CHECKPOINTS = ("offload", "gpu")  # the `gradient_checkpointing` modes that
 
 __all__ = [
     "LEAN_CHECKPOINTS",
+    "AutoGraphs",
     "Deferred",
     "FlatGradientSync",
     "LatestValue",

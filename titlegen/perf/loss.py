@@ -122,11 +122,14 @@ def causal_lm_loss(
     labels: torch.Tensor,
     label_positions: torch.Tensor | None = None,
     cuda_graphs: bool = False,
+    grad_seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions, as `model(..., labels=labels).loss` computes it.
 
     `label_positions` (from `data.collate.Collator`): flat indices into the (batch * length) hidden states of the
-    positions whose next token is a label; computed from `labels` when not given.
+    positions whose next token is a label; computed from `labels` when not given. `grad_seed`: the gradient the
+    caller's backward gives the loss (float16's loss scale, a 0-dim tensor on the GPU), which a graphed step's
+    backward starts from (`stepgraph`); None for 1.
     """
     causal_lm = unwrapped(model)
     if patches.needs_models_own_loss(causal_lm.config):
@@ -140,7 +143,7 @@ def causal_lm_loss(
         runner = stepgraph.runner_of(causal_lm)
         if runner is not None:
             body = functools.partial(title_loss, causal_lm)
-            loss = runner(causal_lm, body, input_ids, attention_mask, label_positions, targets)
+            loss = runner(causal_lm, body, input_ids, attention_mask, label_positions, targets, grad_seed)
             if loss is not None:
                 return loss
     return title_loss(causal_lm, input_ids, attention_mask, label_positions, targets)

@@ -18,7 +18,10 @@ How a step runs (`StepGraphs.__call__`, called by `loss.causal_lm_loss` when tra
 - from then on it copies the batch into the graph's static inputs and replays it. The returned loss is an ordinary
   autograd output of the LoRA weights (`_Replayed`): its backward hands the graph's gradients to autograd, so
   Lightning's clipping, gradient accumulation and optimizer, and the averaging over DDP ranks (`gradsync`), see
-  ordinary `.grad`s.
+  ordinary `.grad`s;
+- with a `grad_seed` (float16's loss scale), the captured backward starts from it instead of 1, as the eager backward
+  of the scaled loss does: the float16 gradients inside the graph are scaled too, and `_Replayed` divides the seed
+  back out of what it hands over.
 
 A shape is the padded batch (`data.pad_to_multiple_of`) and a number of title positions: a graph serves every batch
 of its padded shape with up to that many positions, the rest being weight-0 padding rows (`loss.head_cross_entropy`'s
@@ -63,6 +66,7 @@ StepBody = Callable[..., torch.Tensor]  # (input_ids, attention_mask, positions,
 class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: dict[str, torch.Tensor]
+    seed: torch.Tensor  # the gradient the captured backward starts from, set before each replay
     loss: torch.Tensor
     arena: PinnedArena  # kept alive with the graph: the graph writes to its addresses
 
@@ -71,8 +75,10 @@ class _Replayed(torch.autograd.Function):
     """The replayed loss as a function of the LoRA weights; backward returns the graph's gradients."""
 
     @staticmethod
-    def forward(ctx: Any, runner: StepGraphs, loss: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.runner, ctx.replay = runner, runner.replays
+    def forward(
+        ctx: Any, runner: StepGraphs, loss: torch.Tensor, seed: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.runner, ctx.replay, ctx.seed = runner, runner.replays, seed
         return loss.clone()  # the static loss is overwritten by the next replay
 
     @staticmethod
@@ -83,7 +89,8 @@ class _Replayed(torch.autograd.Function):
                 "A CUDA-graphed training step was replayed again before the backward of the previous one: its"
                 " gradients are gone. Fix: one backward per loss, or train with --model.cuda_graphs false."
             )
-        return None, None, *torch._foreach_mul(runner.grads, grad)
+        # The graph's gradients are those of seed x loss: this backward's own gradient replaces the seed.
+        return None, None, None, *torch._foreach_mul(runner.grads, grad / ctx.seed)
 
 
 def tensors_read(model: torch.nn.Module) -> tuple[int, ...]:
@@ -158,6 +165,8 @@ class StepGraphs:
         self.failures = 0  # failed captures; after one, every step runs eagerly
         self.replays = 0  # for tests and benchmarks, and to pair each backward with its replay
         self.captures = 0  # for benchmarks: graphs captured, also those dropped since
+        # Set to a list to time each replay on the GPU: (start, end, the batch's padded tokens); `autograph` reads it.
+        self.timed: list[tuple[torch.cuda.Event, torch.cuda.Event, int]] | None = None
         self._told_cap = False
 
     def __call__(
@@ -168,8 +177,13 @@ class StepGraphs:
         attention_mask: torch.Tensor,
         positions: torch.Tensor,
         targets: torch.Tensor,
+        grad_seed: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """The step's loss with the graph's gradients behind it, or None: then run the step eagerly."""
+        """The step's loss with the graph's gradients behind it, or None: then run the step eagerly.
+
+        `grad_seed`: a 0-dim float32 tensor on the GPU, the gradient that the caller's backward will give the loss
+        (float16's loss scale); None for 1.
+        """
         if not input_ids.is_cuda or self.failures or torch.is_autocast_enabled("cuda"):
             # Under autocast, a capture would bake in the addresses of autocast's cached casts of the weights.
             return None
@@ -234,9 +248,29 @@ class StepGraphs:
         inputs["targets"][:n].copy_(targets)
         inputs["weights"][:n].fill_(1.0)
         inputs["weights"][n:].fill_(0.0)
-        entry.graph.replay()
+        if grad_seed is None:
+            entry.seed.fill_(1.0)
+        else:
+            entry.seed.copy_(grad_seed)
+        if self.timed is None:
+            entry.graph.replay()
+        else:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            entry.graph.replay()
+            end.record()
+            self.timed.append((start, end, input_ids.numel()))
         self.replays += 1
-        return _Replayed.apply(self, entry.loss, *self.params)
+        return _Replayed.apply(self, entry.loss, entry.seed, *self.params)
+
+    def release(self) -> None:
+        """Drop every graph, with its memory pool and pinned arena (`autograph` chose eager steps: the caller stops
+        asking for graphs). A later call captures anew."""
+        self.graphs.clear()
+        self.timed = None
+        self.arena = self.stream = self.pool = None
+        self.warmed = False
+        torch.cuda.empty_cache()  # the pool's memory, back to the device
 
     def _room_for_another(self) -> bool:
         if len(self.graphs) < self.max_graphs:
@@ -247,11 +281,11 @@ class StepGraphs:
                      " (--data.pad_to_multiple_of 64 makes fewer shapes).", self.max_graphs)  # fmt: skip
         return False
 
-    def _step(self, body: StepBody, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _step(self, body: StepBody, inputs: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Tensor:
         torch._foreach_zero_(self.grads)
         with torch.enable_grad():
             loss = body(**inputs)
-            loss.backward()
+            loss.backward(seed)
         return loss.detach()
 
     def _capture(
@@ -265,6 +299,7 @@ class StepGraphs:
             "targets": torch.zeros(rows, dtype=torch.long, device=device),
             "weights": torch.zeros(rows, dtype=torch.float32, device=device),
         }
+        seed = torch.ones((), dtype=torch.float32, device=device)
         embeddings = model.get_input_embeddings().weight
         # Room for the input (batch x width x hidden) of every layer that offloads it, at the longest width the model
         # takes, so that the shapes captured later fit the same arena. None with LoRA on the last layer only (the
@@ -292,7 +327,7 @@ class StepGraphs:
                 with torch.cuda.stream(self.stream):
                     if not self.warmed:  # libraries set up per-stream state (cuBLAS workspaces) on first use
                         with pinned_arena(self.arena):
-                            self._step(body, inputs)
+                            self._step(body, inputs, seed)
                         self.warmed = True
                     graph = torch.cuda.CUDAGraph()
                     # capture_begin rather than torch.cuda.graph: that one also runs gc.collect(), which would cost
@@ -301,7 +336,7 @@ class StepGraphs:
                     graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                     try:
                         with pinned_arena(self.arena):
-                            loss = self._step(body, inputs)
+                            loss = self._step(body, inputs, seed)
                     finally:
                         try:
                             graph.capture_end()
@@ -315,4 +350,4 @@ class StepGraphs:
                 torch.cuda.current_stream().wait_stream(self.stream)  # also after a failure: the warm-up's work
                 for p, grad in zip(self.params, saved, strict=True):
                     p.grad = grad
-        return _Graph(graph, inputs, loss, self.arena)
+        return _Graph(graph, inputs, seed, loss, self.arena)

@@ -59,6 +59,13 @@ def skip_update_where(optimizer: Any, flag: torch.Tensor) -> None:
     optimizer.found_inf = flag
 
 
+def add_skip_flag(optimizer: Any, flag: torch.Tensor) -> None:
+    """torch 2.14: also skip the next fused `step()` where `flag` (float, 0-dim, on the device) is 1, besides a flag
+    that `skip_update_where` set before it."""
+    earlier = optimizer.__dict__.get("found_inf")
+    optimizer.found_inf = flag if earlier is None else torch.maximum(earlier, flag)
+
+
 def clear_skip_flag(optimizer: Any) -> None:
     """Remove `skip_update_where`'s flag."""
     optimizer.__dict__.pop("found_inf", None)
