@@ -64,7 +64,11 @@ def _sweep(sweep: Sweep, figure: str | None) -> list[str]:
              " per seed (means over seeds where a point has several).", ""]  # fmt: skip
     lines += tables.sweep_points_table(sweep) + [""]
     if sweep.best():
-        lines += ["Best setting per LoRA scope (the highest mean test F1 over its seeds):", ""]
+        lines += [
+            "Best setting per LoRA scope: the highest mean validation F1 over its seeds (chosen on the validation"
+            " split, reported on the test split; the test F1 where its fits ran no validation):",
+            "",
+        ]
         lines += tables.sweep_best_table(sweep) + [""]
     if figure:
         lines += [f"![Test F1 against the learning rate]({figure})", ""]

@@ -51,13 +51,20 @@ class Sweep:
         return Path(self.experiment).name
 
     def best(self) -> dict[str, Setting]:
-        """Per LoRA scope, the setting with the highest mean test F1 over its seeds."""
-        best: dict[str, Setting] = {}
+        """Per LoRA scope, the setting with the highest mean validation F1 over its seeds: chosen on the validation
+        split, so that the test F1 it reports is not the number that chose it. A scope whose settings have no
+        validation F1 (fits without a validation) is chosen by its mean test F1."""
+        scopes: dict[str, list[Setting]] = {}
         for setting in self.settings:
-            f1 = setting.result.estimates.get("bertscore_f1")
-            current = best.get(setting.scope)
-            if f1 is not None and (current is None or f1.mean > current.result.estimates["bertscore_f1"].mean):
-                best[setting.scope] = setting
+            scopes.setdefault(setting.scope, []).append(setting)
+        best: dict[str, Setting] = {}
+        for scope, members in scopes.items():
+            validated = [s for s in members if s.val_f1 is not None]
+            tested = [s for s in members if "bertscore_f1" in s.result.estimates]
+            if validated:
+                best[scope] = max(validated, key=lambda s: s.val_f1)  # type: ignore[arg-type, return-value]
+            elif tested:
+                best[scope] = max(tested, key=lambda s: s.result.estimates["bertscore_f1"].mean)
         return dict(sorted(best.items()))
 
 
