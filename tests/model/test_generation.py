@@ -63,11 +63,16 @@ def test_mbr_returns_one_of_each_prompts_candidates(peaky_model_dir, monkeypatch
     assert len({tuple(c) for c in sampled[0]}) > 3, "sampling gave different candidates"
 
 
-def test_no_max_length_warning_at_each_call(tiny_model_dir, caplog):
+def test_no_max_length_warning_at_each_call(tiny_model_dir, tmp_path, caplog):
     # Unsloth's loader sets generation_config.max_length to the context size on a GPU; with max_new_tokens as well,
-    # transformers warned at every generate() call. The loader resets it, so set it as Unsloth does, then load.
-    model = loading.load_base_model(str(tiny_model_dir), 512)
+    # transformers warned at every generate() call. The loader resets it: load a model that comes with one set.
+    import shutil
+
     from transformers import GenerationConfig
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    GenerationConfig(max_length=2048).save_pretrained(model_dir)
+    model = loading.load_base_model(str(model_dir), 512)
 
     assert model.generation_config.max_length == GenerationConfig().max_length
     tokenizer = load_tokenizer(str(tiny_model_dir))

@@ -76,4 +76,9 @@ def load_base_model(
             f"model.model_name={model_name!r}: could not load it from the Hugging Face hub or a local cache ({err})."
             " Fix: check the network, or run offline with `--config offline.yaml` (packaged models)."
         ) from err
+    from transformers import GenerationConfig
+
+    # Unsloth's loader sets max_length to the context size on a GPU; with the max_new_tokens that every generate()
+    # call passes, transformers then warns at each call. A title's length is bounded by max_new_tokens alone.
+    model.generation_config.max_length = GenerationConfig().max_length
     return model
