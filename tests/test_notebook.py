@@ -1,5 +1,5 @@
 """notebooks/colab_t4.ipynb run headless, as CI runs it: papermill, offline, on the CPU, with the packaged SmolLM2 and
-MiniLM, every experiment cut to a few steps and titles (slow: about 5 minutes on 2 idle CPU cores).
+MiniLM, every experiment cut to a few steps and titles (slow: about 3 minutes on 2 idle CPU cores).
 
 The notebook's parameters turn off what CI has no use for (the install, TensorBoard) and shrink the runs; the cells
 themselves are those a Colab student runs, so a broken command, option or report display fails here.

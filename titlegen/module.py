@@ -174,9 +174,9 @@ class TitleGenModule(L.LightningModule):
             hp.gradient_checkpointing, hp.lora_seed if hp.lora_seed is not None else max(run_seed(), 0),
         )  # fmt: skip
         self.trainable_params = lora.trainable_parameters(self.model)
-        # Lightning's own mixed precision (`--trainer.precision 16-mixed`) scales the loss itself.
-        mixed = self._trainer is not None and isinstance(self.trainer.precision_plugin, MixedPrecision)
-        if self.compute_dtype == torch.float16 and device.type == "cuda" and self.trainable_params and not mixed:
+        # Lightning's `16-mixed` brings its own GradScaler; `bf16-mixed` has none, so this one is still needed there.
+        scaled = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        if self.compute_dtype == torch.float16 and device.type == "cuda" and self.trainable_params and not scaled:
             self._loss_scale = LossScale()
         rank_zero_info(f"LoRA scope {hp.lora_scope!r}: {self.trainable_params:,} trainable parameters.")
         if self.trainable_params and self._trainer is not None and self.trainer.training:

@@ -89,3 +89,18 @@ def test_a_step_that_cannot_be_graphed_runs_eagerly_with_nothing_measured(monkey
     for _ in range(autograph.EAGER_STEPS + autograph.PROBE_STEPS + 1):
         auto.step_started()
         assert auto.step_ended(TOKENS) is False and auto.graphs is False
+
+
+@pytest.mark.parametrize("decided", [False, True])
+def test_a_fit_that_ends_before_the_decision_frees_the_probe_graphs(monkeypatch, decided):
+    released = []
+    runner = SimpleNamespace(failures=0, timed=None, release=lambda: released.append(True))
+    monkeypatch.setattr(autograph.stepgraph, "runner_of", lambda causal_lm: runner)
+    auto = AutoGraphs(causal_lm=None)
+    for _ in range(autograph.EAGER_STEPS + 2):  # into the probe, short of its end: a 10-step fit
+        auto.step_started()
+        auto.step_ended(TOKENS)
+    if decided:
+        auto.decision = True  # graphs kept: nothing to free at the end of the fit
+    auto.end()
+    assert runner.timed is None and released == ([] if decided else [True])

@@ -169,3 +169,16 @@ def test_learning_rate_lines_average_the_seeds(logs):
     for scope, points in lines.items():
         assert points == [pytest.approx(p) for p in expected[scope.split("=")[1]]]
     assert sweeps.load_sweep(logs, "sweeps/none", 10, 0) is None
+
+
+def test_a_test_only_sweep_chooses_on_test_f1(tmp_path):
+    # Every point tests one fit run: its validation F1 is the same for all and chooses nothing.
+    logs = tmp_path / "logs"
+    checkpoint = write_fit_run(logs, logs / "full_lora" / "version_0", 3407)
+    write_fit_events(logs / "full_lora" / "version_0", 0.0, 10.0, [1.0], [1.0], {10: 0.5}, ".a")
+    for strategy, f1 in (("beam", 0.40), ("greedy", 0.45), ("mbr", 0.42)):
+        folder = logs / "sweeps/decoding" / point_name(**{"model.generation": strategy})
+        write_test_run(folder / "version_0", IDS, per_title(IDS, NOISE + f1, 3407), "x", checkpoint)
+    sweep = sweeps.load_sweep(logs, "sweeps/decoding", resamples=10, seed=0)
+    assert [s.val_f1 for s in sweep.settings] == [0.5, 0.5, 0.5]
+    assert sweep.best()["all"].values == {"generation": "greedy"}

@@ -59,3 +59,18 @@ def test_an_unfused_optimizer_skips_an_overflowed_step_too():
     scale.unscale(optimizer)
     optimizer.step()
     assert torch.equal(param.detach(), torch.ones(3)) and param not in optimizer.state
+
+
+def test_a_step_without_gradients_updates_nothing_and_does_not_fail():
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
+    scale = LossScale("cpu")
+    scale.unscale(optimizer)  # no backward reached these parameters
+    optimizer.step()
+    scale.update(optimizer)  # GradScaler.update() alone would raise: no inf check was recorded
+    assert scale.state_dict()["scale"] == INIT and torch.equal(param.detach(), torch.ones(3))
+    param, optimizer, scale = scaled_backward()
+    scale.unscale(optimizer)
+    optimizer.step()
+    scale.update(optimizer)
+    assert float(optimizer.state[param]["step"]) == 1, "the next step with gradients is unscaled and taken"

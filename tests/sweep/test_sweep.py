@@ -68,7 +68,15 @@ def test_a_test_only_sweep_plans_no_fit_and_needs_a_checkpoint(tmp_path, capsys)
     )
     assert run_main(entry, ["sweep", "--config", str(sweep_file)]) == 2
     err = capsys.readouterr().err
-    assert "fit: false" in err and "--ckpt_path" in err
+    assert "fit: false" in err and "none is given" in err
+    assert run_main(entry, ["sweep", "--config", str(sweep_file), "--ckpt_path", "last"]) == 2
+    assert "--ckpt_path last names no checkpoint file" in capsys.readouterr().err
+    # Tested on one checkpoint: done for it, not for another one.
+    tested = tmp_path / "sweeps/d" / sweep.points[0].name / "version_0"
+    tested.mkdir(parents=True)
+    (tested / "metrics.json").write_text(json.dumps({"checkpoint": str(tmp_path / "a.ckpt")}))
+    assert plan(sweep, sweep.points[0], ["--ckpt_path", str(tmp_path / "a.ckpt")]).test is None
+    assert plan(sweep, sweep.points[0], [f"--ckpt_path={tmp_path / 'b.ckpt'}"]).test is not None
 
 
 def test_a_missing_sweep_file_is_a_user_error(tmp_path, capsys):

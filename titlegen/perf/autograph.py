@@ -115,9 +115,12 @@ class AutoGraphs:
         return busy_fraction(self.eager, replayed)
 
     def end(self) -> None:
-        """The fit ended before the decision: stop timing replays."""
+        """The fit ended before the decision (it had fewer than EAGER_STEPS + PROBE_STEPS steps): stop timing
+        replays and free the graphs the probe captured, which nothing decided to keep."""
         if self.runner is not None:
             self.runner.timed = None
+            if self.decision is None:
+                self.runner.release()
 
     def decide(self, busy: float | None) -> str:
         """Fix the decision for the rest of the fit (dropping the graphs if eager); returns the line that says it."""

@@ -66,7 +66,7 @@ def _sweep(sweep: Sweep, figure: str | None) -> list[str]:
     if sweep.best():
         lines += [
             "Best setting per LoRA scope: the highest mean validation F1 over its seeds (chosen on the validation"
-            " split, reported on the test split; the test F1 where its fits ran no validation):",
+            " split, reported on the test split; the test F1 where the points share one fit or ran no validation):",
             "",
         ]
         lines += tables.sweep_best_table(sweep) + [""]

@@ -53,13 +53,15 @@ class Sweep:
     def best(self) -> dict[str, Setting]:
         """Per LoRA scope, the setting with the highest mean validation F1 over its seeds: chosen on the validation
         split, so that the test F1 it reports is not the number that chose it. A scope whose settings have no
-        validation F1 (fits without a validation) is chosen by its mean test F1."""
+        validation F1 of their own (fits without a validation; a test-only sweep, whose points all test one fit) is
+        chosen by its mean test F1."""
         scopes: dict[str, list[Setting]] = {}
         for setting in self.settings:
             scopes.setdefault(setting.scope, []).append(setting)
         best: dict[str, Setting] = {}
         for scope, members in scopes.items():
-            validated = [s for s in members if s.val_f1 is not None]
+            fits = {run.fit.run_dir for m in members for run in m.result.runs if run.fit is not None}
+            validated = [s for s in members if s.val_f1 is not None] if len(fits) > 1 else []
             tested = [s for s in members if "bertscore_f1" in s.result.estimates]
             if validated:
                 best[scope] = max(validated, key=lambda s: s.val_f1)  # type: ignore[arg-type, return-value]

@@ -33,6 +33,7 @@ class LossScale:
 
     def __init__(self, device_type: str = "cuda") -> None:
         self.scaler = torch.amp.GradScaler(device_type)
+        self._unscaled = False  # whether this step's gradients went through `unscale`
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss)
@@ -44,10 +45,12 @@ class LossScale:
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide the gradients by the scale; make the coming step skip its update where one is not finite."""
-        self.scaler.unscale_(optimizer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # GradScaler.update() needs the inf check that unscale_ records, and it records none without gradients.
+        self._unscaled = bool(grads)
         if not grads:
             return
+        self.scaler.unscale_(optimizer)
         overflowed = (~torch.stack(torch._foreach_norm(grads)).isfinite().all()).float()
         if patches.skips_on_device(optimizer):
             patches.add_skip_flag(optimizer, overflowed)
@@ -58,7 +61,9 @@ class LossScale:
 
     def update(self, optimizer: torch.optim.Optimizer) -> None:
         """After the optimizer step: halve the scale after an overflow, double it after a run without one."""
-        self.scaler.update()
+        if self._unscaled:
+            self.scaler.update()
+        self._unscaled = False
         patches.clear_skip_flag(optimizer)  # set afresh before each step, by the guard and by `unscale`
 
     def state_dict(self) -> dict[str, Any]:

@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: list[str]) -> None:
     options, extra = build_parser().parse_known_args(args)
     sweep = load_sweep(options.config)
-    if not sweep.fit and not any(arg.startswith("--ckpt_path") for arg in [*sweep.args, *extra]):
+    checkpoint = runner.ckpt_arg([*sweep.args, *extra])
+    if not sweep.fit and (checkpoint is None or not checkpoint.endswith(".ckpt")):
+        given = "none is given" if checkpoint is None else f"--ckpt_path {checkpoint} names no checkpoint file"
         raise OptionError(
-            f"{options.config}: fit: false tests every point on one checkpoint, and none is given."
+            f"{options.config}: fit: false tests every point on one checkpoint, and {given}."
             " Fix: add --ckpt_path <run>/checkpoints/<file>.ckpt to the command."
         )
     per_device = options.per_device or sweep.per_device

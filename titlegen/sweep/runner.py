@@ -36,11 +36,36 @@ def plan(sweep: Sweep, point: Point, extra: list[str]) -> Plan:
     configs = [arg for config in sweep.configs for arg in ("--config", config)]
     logger = [f"--trainer.logger.init_args.save_dir={sweep.save_dir}", f"--trainer.logger.init_args.name={name}"]
     common = [*configs, *sweep.args, *point.args(), *logger, *extra]
-    tested = any(folder.glob("version_*/metrics.json"))
+    tested = _tested(folder, None if sweep.fit else ckpt_arg([*sweep.args, *extra]))
     fitted = (folder / DONE).is_file()
     started = any(folder.glob("version_*/checkpoints/last*.ckpt"))
     fit = None if fitted or tested or not sweep.fit else ["fit", *common, *(["--ckpt_path=last"] if started else [])]
     return Plan(point, folder, fit, None if tested else ["test", *common])
+
+
+def ckpt_arg(args: list[str]) -> str | None:
+    """The value of `--ckpt_path` among command-line arguments (`--ckpt_path=x` or `--ckpt_path x`), else None."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--ckpt_path="):
+            return arg.split("=", 1)[1]
+        if arg == "--ckpt_path" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _tested(folder: Path, checkpoint: str | None) -> bool:
+    """Whether the point has a test run; of `checkpoint` where one is given (a test-only sweep run again on
+    another checkpoint tests it again, in a new version folder)."""
+    for metrics in folder.glob("version_*/metrics.json"):
+        if checkpoint is None:
+            return True
+        try:
+            tested = json.loads(metrics.read_text()).get("checkpoint")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if tested and Path(tested).resolve() == Path(checkpoint).resolve():
+            return True
+    return False
 
 
 def devices(requested: list[str] | None) -> list[str]:
