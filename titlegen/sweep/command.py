@@ -18,7 +18,8 @@ class SweepFailed(TitleGenError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py sweep",
-        description="Run every point of a sweep file's grid as an ordinary `fit` then `test`, logged under"
+        description="Run every point of a sweep file's grid as an ordinary `fit` then `test` (only `test`, of the"
+        " checkpoint given with --ckpt_path, where the file says `fit: false`), logged under"
         " <save_dir>/<experiment>/<point>/. Points that finished are skipped; an interrupted one resumes from its"
         " last.ckpt. Options after the known ones are passed to every point (e.g. --trainer.max_steps 50).",
     )

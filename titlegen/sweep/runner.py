@@ -1,4 +1,5 @@
-"""Running a sweep's points: each an ordinary `fit` then `test` in its own process, several at once per device.
+"""Running a sweep's points: each an ordinary `fit` then `test` (`test` alone where the sweep file says `fit: false`)
+in its own process, several at once per device.
 
 A point's state is read from its run folders, so running the sweep again skips what is done and goes on where it
 stopped: `test` results present means done; a `fit.done` marker means only `test` is left; a `last.ckpt` without
