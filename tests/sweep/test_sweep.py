@@ -126,3 +126,22 @@ def test_a_sweep_runs_skips_what_is_done_and_resumes_an_interrupted_point(tiny_m
     # Again: nothing left to run.
     assert run_main(entry, ["sweep", "--config", str(sweep_file), "--devices", "cpu"]) == 0
     assert "8 points, 8 done, 0 to run" in capsys.readouterr().out
+
+
+SWEEP_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+
+
+@pytest.mark.parametrize("path", sorted(SWEEP_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_opens_with_its_command_and_its_points_parse(path, tmp_path):
+    from titlegen.cli import main as lightning_cli
+
+    assert path.read_text().startswith("# python main.py sweep --config sweeps/"), "the first line runs it"
+    sweep = load_sweep(path)
+    sweep.save_dir = str(tmp_path)
+    for point in sweep.points:
+        todo = plan(sweep, point, [] if sweep.fit else [f"--ckpt_path={tmp_path / 'x.ckpt'}"])
+        # run=False parses and instantiates without a subcommand, which has no --ckpt_path.
+        args = [a for a in (todo.fit or todo.test)[1:] if not a.startswith("--ckpt_path")]
+        config = lightning_cli(args, run=False).config
+        for key, value in point.values:
+            assert config[key] == value, (point.name, key)
