@@ -98,3 +98,13 @@ def test_paired_test_refuses_unpaired_input():
         stats.paired_test([0.1, 0.2], [0.1], 10, 10, 0)
     with pytest.raises(ValueError, match="non-empty"):
         stats.paired_test([], [], 10, 10, 0)
+
+
+def test_a_t_interval_is_cut_at_the_bounds_of_the_measure():
+    # Three seeds' stop rates: the textbook interval reaches past 1, which no stop rate can be.
+    rates = [0.997, 0.95, 0.87]
+    low, high = stats.t_interval(rates)
+    assert high > 1.0
+    cut = stats.estimate(rates, None, 100, 0, bounds=(0.0, 1.0))
+    assert cut == stats.Estimate(float(np.mean(rates)), low, 1.0, method="t", n=3)
+    assert stats.estimate(rates, None, 100, 0) == stats.Estimate(float(np.mean(rates)), low, high, method="t", n=3)

@@ -14,6 +14,8 @@ from titlegen.report.stats import Estimate, Paired, estimate, paired_test
 # The floors every experiment is compared with, and the study's one comparison between two trained experiments.
 REFERENCES = ("first_sentence", "baseline")
 EXTRA_PAIRS = (("full_lora", "last_layer_lora"),)
+# The values each measure can take, where a t-interval over few seeds could reach past them.
+BOUNDS = {"rouge_l": (0.0, 1.0), "copy_rate": (0.0, 1.0), "stop_rate": (0.0, 1.0), "title_words": (0.0, np.inf)}
 
 
 @dataclass
@@ -49,7 +51,7 @@ def summarize(experiment: Experiment, resamples: int, seed: int, bootstrap: bool
     for metric in METRICS:
         per_seed = [value for run in experiment.runs if (value := run.value(metric)) is not None]
         one = experiment.runs[0].sample_values(metric) if len(experiment.runs) == 1 and bootstrap else None
-        found = estimate(per_seed, one, resamples, seed)
+        found = estimate(per_seed, one, resamples, seed, BOUNDS.get(metric, (-np.inf, np.inf)))
         if found is not None:
             estimates[metric] = found
     return Result(experiment, estimates)

@@ -86,14 +86,24 @@ def bootstrap_interval(values: Sequence[float], resamples: int, seed: int, level
     return float(low), float(high)
 
 
-def estimate(per_seed: Sequence[float], per_title: np.ndarray | None, resamples: int, seed: int) -> Estimate | None:
+def estimate(
+    per_seed: Sequence[float],
+    per_title: np.ndarray | None,
+    resamples: int,
+    seed: int,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> Estimate | None:
     """The mean over seeds with a t-interval when there are several seeds; else the one run's mean with a bootstrap
-    interval over its titles (`per_title`), or without an interval where there are none. None without any value."""
+    interval over its titles (`per_title`), or without an interval where there are none. None without any value.
+
+    `bounds`: the values the measure can take (a rate's [0, 1]). A t-interval over few seeds can reach past them
+    (a stop rate of 0.94 +- 0.06), and is cut there; a bootstrap interval never leaves the observed values."""
     if len(per_seed) == 0:
         return None
     mean = float(np.mean(per_seed))
     if len(per_seed) >= 2:
-        return Estimate(mean, *t_interval(per_seed), method="t", n=len(per_seed))
+        low, high = t_interval(per_seed)
+        return Estimate(mean, max(low, bounds[0]), min(high, bounds[1]), method="t", n=len(per_seed))
     if per_title is None or per_title.size == 0:
         return Estimate(mean)
     return Estimate(mean, *bootstrap_interval(per_title, resamples, seed), method="bootstrap", n=int(per_title.size))
