@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.common import QWEN25_05B
+from benchmarks.common import build_model
 from benchmarks.t4_memory import GIB, cap
 from tests.helpers import MINILM, build_tokenizer
 
@@ -17,20 +17,12 @@ CAP_GIB = 15.0
 
 @pytest.fixture(scope="module")
 def qwen_shape(tmp_path_factory: pytest.TempPathFactory):
-    """Random weights in the Qwen2.5-0.5B shape (its 151,936-token vocabulary and LM head included). The tests'
-    small tokenizer spells abstracts in more tokens than Qwen's, so batches reach `max_seq_length` more often."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    directory = tmp_path_factory.mktemp("qwen-shape")
-    tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        **QWEN25_05B, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    """Random weights in the Qwen2.5-0.5B shape (its 151,936-token vocabulary and LM head included), as the benchmarks
+    build it, with the tests' tokenizer: it spells abstracts in more tokens than Qwen's, so batches reach
+    `max_seq_length` more often."""
+    tokenizer_dir = tmp_path_factory.mktemp("chatml-tokenizer")
+    build_tokenizer().save_pretrained(tokenizer_dir)
+    return build_model(tmp_path_factory.mktemp("qwen-shape"), str(tokenizer_dir))
 
 
 @pytest.mark.gpu(reason="a memory cap on a CUDA GPU (run on the device)")
