@@ -12,6 +12,7 @@ import yaml
 from main import main as entry
 from tests.helpers import cli_args
 from titlegen.errors import OptionError, run_main
+from titlegen.sweep import runner
 from titlegen.sweep.grid import load_sweep
 from titlegen.sweep.runner import DONE, plan
 
@@ -126,6 +127,57 @@ def test_a_sweep_runs_skips_what_is_done_and_resumes_an_interrupted_point(tiny_m
     # Again: nothing left to run.
     assert run_main(entry, ["sweep", "--config", str(sweep_file), "--devices", "cpu"]) == 0
     assert "8 points, 8 done, 0 to run" in capsys.readouterr().out
+
+
+class _Ended:
+    """A point's process that has already exited with `returncode`."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def _fake_points(monkeypatch, outcomes: dict[str, list[str]]) -> list[str]:
+    """Replace the point processes: each start of a point appends its next line of `outcomes` to its sweep.log and
+    exits 0 where that line is "ok", else 1. Returns the names of the points started, in order."""
+    started: list[str] = []
+
+    def start(job, device):
+        job.folder.mkdir(parents=True, exist_ok=True)
+        line = outcomes[job.point.name][started.count(job.point.name)]
+        started.append(job.point.name)
+        with open(job.folder / "sweep.log", "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+        return _Ended(0 if line == "ok" else 1)
+
+    monkeypatch.setattr(runner, "_start", start)
+    return started
+
+
+OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_a_point_out_of_gpu_memory_beside_others_runs_again_alone(tmp_path, monkeypatch, capsys):
+    sweep = load_sweep(write_sweep(tmp_path / "m.yaml", experiment="sweeps/m", save_dir=str(tmp_path),
+                                   grid={"model.lora_r": [8, 16, 32]}))  # fmt: skip
+    # lora_r=32 ran out of memory in an earlier sweep; this time it fails otherwise, and is not run again.
+    (tmp_path / "sweeps/m/lora_r=32").mkdir(parents=True)
+    (tmp_path / "sweeps/m/lora_r=32/sweep.log").write_text(OOM + "\n")
+    started = _fake_points(monkeypatch, {"lora_r=8": ["ok"], "lora_r=16": [OOM, "ok"], "lora_r=32": ["ValueError"]})
+    failed = runner.run(sweep, [], ["0"], 3)
+    assert started == ["lora_r=8", "lora_r=16", "lora_r=32", "lora_r=16"]
+    assert [job.point.name for job in failed] == ["lora_r=32"]
+    assert "1 point(s) ran out of GPU memory beside others: again, one at a time per device" in capsys.readouterr().out
+
+
+def test_a_point_out_of_gpu_memory_alone_is_not_run_again(tmp_path, monkeypatch):
+    sweep = load_sweep(write_sweep(tmp_path / "m.yaml", experiment="sweeps/m", save_dir=str(tmp_path),
+                                   grid={"model.lora_r": [8, 16]}))  # fmt: skip
+    started = _fake_points(monkeypatch, {"lora_r=8": ["ok"], "lora_r=16": [OOM, "ok"]})
+    failed = runner.run(sweep, [], ["0"], 1)
+    assert started == ["lora_r=8", "lora_r=16"] and [job.point.name for job in failed] == ["lora_r=16"]
 
 
 SWEEP_DIR = Path(__file__).resolve().parents[2] / "sweeps"

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every point of a sweep file's grid as an ordinary `fit` then `test` (only `test`, of the"
         " checkpoint given with --ckpt_path, where the file says `fit: false`), logged under"
         " <save_dir>/<experiment>/<point>/. Points that finished are skipped; an interrupted one resumes from its"
-        " last.ckpt. Options after the known ones are passed to every point (e.g. --trainer.max_steps 50).",
+        " last.ckpt; one that ran out of GPU memory beside others runs again at the end, alone on its device."
+        " Options after the known ones are passed to every point (e.g. --trainer.max_steps 50).",
     )
     parser.add_argument("--config", required=True, help="the sweep file (sweeps/<name>.yaml)")
     parser.add_argument(

@@ -3,7 +3,8 @@ in its own process, several at once per device.
 
 A point's state is read from its run folders, so running the sweep again skips what is done and goes on where it
 stopped: `test` results present means done; a `fit.done` marker means only `test` is left; a `last.ckpt` without
-the marker means an interrupted fit, resumed with `--ckpt_path last`.
+the marker means an interrupted fit, resumed with `--ckpt_path last`. The same reading lets a point that ran out of
+GPU memory beside others run again, alone, where it stopped.
 """
 
 from __future__ import annotations
@@ -79,35 +80,69 @@ def devices(requested: list[str] | None) -> list[str]:
 
 
 def run(sweep: Sweep, extra: list[str], device_list: list[str], per_device: int) -> list[Plan]:
-    """Run every point that is not done, at most `per_device` at once on each device; return the points that failed."""
+    """Run every point that is not done, at most `per_device` at once on each device; return the points that failed.
+
+    A point that ran out of GPU memory beside others is run once more after the rest, alone on its device: its
+    `last.ckpt` (or its finished fit) lets it go on where it stopped."""
     plans = [plan(sweep, point, extra) for point in sweep.points]
     todo = [p for p in plans if p.fit or p.test]
     print(f"sweep {sweep.experiment}: {len(plans)} points, {len(plans) - len(todo)} done, {len(todo)} to run on"
           f" {len(device_list)} device(s) x {per_device}", flush=True)  # fmt: skip
+    failed = _run_all(todo, device_list, per_device)
+    crowded = [job for job, out_of_memory in failed if out_of_memory] if per_device > 1 else []
+    if crowded:
+        print(f"  {len(crowded)} point(s) ran out of GPU memory beside others: again, one at a time per device",
+              flush=True)  # fmt: skip
+        again = _run_all([plan(sweep, job.point, extra) for job in crowded], device_list, 1)
+        failed = [f for f in failed if f[0] not in crowded] + again
+    return [job for job, _ in failed]
+
+
+def _run_all(todo: list[Plan], device_list: list[str], per_device: int) -> list[tuple[Plan, bool]]:
+    """Run the plans, `per_device` at once per device; the failed ones, each with whether it ran out of memory."""
+    todo = list(todo)
     slots = [device for device in device_list for _ in range(per_device)]
-    running: dict[int, tuple[subprocess.Popen, Plan, float]] = {}
-    failed: list[Plan] = []
+    running: dict[int, tuple[subprocess.Popen, Plan, float, int]] = {}
+    failed: list[tuple[Plan, bool]] = []
     free = list(range(len(slots)))
     while todo or running:
         while todo and free:
             slot = free.pop(0)
             job = todo.pop(0)
-            running[slot] = (_start(job, slots[slot]), job, time.perf_counter())
+            log_start = _log_size(job.folder)
+            running[slot] = (_start(job, slots[slot]), job, time.perf_counter(), log_start)
             print(f"  start  {job.point.name} on {_where(slots[slot])}", flush=True)
         time.sleep(0.5)
-        for slot, (process, job, started) in list(running.items()):
+        for slot, (process, job, started, log_start) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[slot]
             free.append(slot)
             minutes = (time.perf_counter() - started) / 60
             if process.returncode:
-                failed.append(job)
+                failed.append((job, _ran_out_of_memory(job.folder, log_start)))
                 print(f"  FAILED {job.point.name} (exit {process.returncode}, {minutes:.1f} min): see"
                       f" {job.folder / 'sweep.log'}", flush=True)  # fmt: skip
             else:
                 print(f"  done   {job.point.name} ({minutes:.1f} min)", flush=True)
     return failed
+
+
+# What torch prints when the caching allocator cannot get the memory (torch.OutOfMemoryError's message).
+_OUT_OF_MEMORY = ("CUDA out of memory", "OutOfMemoryError")
+
+
+def _log_size(folder: Path) -> int:
+    log = folder / "sweep.log"
+    return log.stat().st_size if log.is_file() else 0
+
+
+def _ran_out_of_memory(folder: Path, start: int) -> bool:
+    """Whether the point's run, which wrote its sweep.log from byte `start` on, stopped for want of GPU memory."""
+    with open(folder / "sweep.log", "rb") as log:
+        log.seek(start)
+        text = log.read().decode("utf-8", errors="replace")
+    return any(sign in text for sign in _OUT_OF_MEMORY)
 
 
 def _where(device: str) -> str:
