@@ -104,6 +104,28 @@ def tiny_tokenizer(tiny_model_dir: Path):
     return load_tokenizer(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="session")
+def trained(peaky_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One `fit` of full_lora on a tiny model with large random weights (greedy titles then depend on the adapter):
+    its module, the options that point a command at it (model, data, logs), its run folder and its model."""
+    from titlegen.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    args = helpers.cli_args(
+        peaky_model_dir,
+        root,
+        "--model.learning_rate=0.05",  # a few steps move the adapter far enough to change greedy titles
+        "--model.warmup_steps=0",
+        source=helpers.write_jsonl(root / "pairs.jsonl", helpers.synthetic_pairs(120)),
+        batch_size=4,
+        eval_batch_size=4,
+        progress_bar=False,
+    )
+    train = ["--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1"]
+    fit = main(["fit", "--config", "full_lora.yaml", *args, *train])
+    return {"module": fit.model, "args": args, "run_dir": Path(fit.trainer.log_dir), "model_dir": peaky_model_dir}
+
+
 # ----------------------------------------------------------------------------------------------- data, tripwires
 @pytest.fixture
 def pairs_file(tmp_path: Path) -> Path:

@@ -1,16 +1,16 @@
-"""`main.py export` on a tiny trained model: the PEFT adapter and the merged model give the module's greedy titles."""
+"""`main.py export` on a tiny trained model (the `trained` fixture): the PEFT adapter and the merged model give the
+module's greedy titles."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from main import main as entry
-from tests.helpers import cli_args, synthetic_pairs, write_jsonl
+from tests.helpers import synthetic_pairs
 from titlegen.cli import main
 from titlegen.data.collate import Collator
 from titlegen.data.tokenization import encode_pairs
@@ -18,25 +18,6 @@ from titlegen.errors import CheckpointError, OptionError
 from titlegen.model import generation, loading, lora, merge
 
 NEW_TOKENS = 10
-
-
-@pytest.fixture(scope="module")
-def trained(peaky_model_dir, tmp_path_factory):
-    """One `fit` of full_lora on a tiny model with large random weights (greedy titles then depend on the adapter)."""
-    root = tmp_path_factory.mktemp("export")
-    args = cli_args(
-        peaky_model_dir,
-        root,
-        "--model.learning_rate=0.05",  # a few steps move the adapter far enough to change greedy titles
-        "--model.warmup_steps=0",
-        source=write_jsonl(root / "pairs.jsonl", synthetic_pairs(120)),
-        batch_size=4,
-        eval_batch_size=4,
-        progress_bar=False,
-    )
-    train = ["--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1"]
-    fit = main(["fit", "--config", "full_lora.yaml", *args, *train])
-    return {"module": fit.model, "args": args, "run_dir": Path(fit.trainer.log_dir), "model_dir": peaky_model_dir}
 
 
 def prompt_batch(module) -> dict:

@@ -17,6 +17,7 @@ from titlegen.callbacks import AdapterExport, SampleTitles, Throughput, TitleWri
 from titlegen.data.datamodule import TitleDataModule
 from titlegen.errors import CheckpointError, OptionError
 from titlegen.module import TitleGenModule
+from titlegen.runtime.checkpoint_options import EVALUATING, evaluation_options
 from titlegen.runtime.preflight import MIN_FREE_BYTES, check_checkpoint, check_model, check_writable
 from titlegen.runtime.progress import use_steps_progress_bar
 from titlegen.runtime.runs import experiment_dir, logger_root, newest_checkpoint, run_dir
@@ -103,11 +104,21 @@ class TitleGenCLI(LightningCLI):
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
             check_checkpoint(str(ckpt_path))
             self._checked_ckpt = str(ckpt_path)
+        # Lightning merges the checkpoint's hyperparameters in next: keep what was given, for the options it must
+        # not decide (titlegen.runtime.checkpoint_options).
+        self._given_model = self.config[subcommand].model.clone() if subcommand in EVALUATING and ckpt_path else None
 
     def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand and getattr(self, "_given_model", None) is not None:
+            config = self.config[subcommand]
+            options, notes = evaluation_options(self._given_model, config.model, str(config.ckpt_path))
+            for note in notes:
+                rank_zero_info(note)
+            # Parsed back over the merge as Lightning parsed the checkpoint's in, so that linked options follow.
+            self.config = self.parser.parse_object({subcommand: {"model": options}}, self.config)
         # Before the module, the data and the Trainer are built: the model's name must be loadable (a path, a GGUF
         # file, a hub id or its cache) and its LoRA layers must exist. Reads the model's config, no weights.
-        subcommand = self.config.get("subcommand")
         if subcommand:  # not for `run=False` (parsing only; `main.py export` checks before it loads)
             model = self.config[subcommand].model
             check_model(model.model_name, model.lora_scope, model.trust_remote_code)
