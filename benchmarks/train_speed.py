@@ -4,7 +4,8 @@
         (--samples-dir DIR | --pairs JSONL)
 
 Variants, all on the same samples, LoRA r=16 (alpha 16, no dropout) on q,k,v,o,gate,up,down of every decoder layer
-(`all`) or of the last one (`last`), the same batch size, AdamW at 2e-4, gradients clipped at norm 1.0:
+(`all`) or of the last one (`last`), the same batch size, AdamW (at 2e-4; titlegen at its scope config's rate: the
+rate changes no work in a step), gradients clipped at norm 1.0:
 - titlegen: what `python main.py fit --config <the scope's config>` runs (titlegen.cli: its callbacks, logger, progress
   bar and defaults) on the benchmark's files, without validation. `--fit-option KEY=VALUE` adds one of main.py fit's
   options: `--fit-option model.cuda_graphs=false` is `--model.cuda_graphs false`. `--devices 2`: DDP, as
