@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 EVALUATING = ("validate", "test", "predict")
-# TitleGenModule's options that the checkpoint's LoRA weights were trained in: any other value could not load them.
+# TitleGenModule's options that say what the checkpoint's weights are: the base model and the LoRA layers the
+# adapter was trained as. Other values would not load it, or would scale it differently (alpha).
 WEIGHT_OPTIONS = ("model_name", "lora_scope", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "lora_seed")
 
 
