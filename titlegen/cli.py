@@ -110,7 +110,7 @@ class TitleGenCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
-        if subcommand and getattr(self, "_given_model", None) is not None:
+        if self._given_model is not None:  # an evaluation of a --ckpt_path checkpoint
             config = self.config[subcommand]
             options, notes = evaluation_options(self._given_model, config.model, str(config.ckpt_path))
             for note in notes:

@@ -23,9 +23,7 @@ def evaluation_options(given: Any, merged: Any, ckpt_path: str) -> tuple[dict[st
     every one that is not a WEIGHT_OPTION, with its value in `given` (as parsed, before the merge). And one note per
     weight option whose given value the checkpoint replaced, for the user to read."""
     options, notes = {}, []
-    for key in given.keys():
-        if key not in merged:
-            continue
+    for key in given.keys():  # the same keys as `merged`: both come from the model's parser
         if key not in WEIGHT_OPTIONS:
             options[key] = given[key]
         elif merged[key] != given[key]:

@@ -20,6 +20,8 @@ from pathlib import Path
 from titlegen.sweep.grid import Point, Sweep
 
 DONE = "fit.done"
+# Each point's process writes its output here, one run after another.
+LOG = "sweep.log"
 
 
 @dataclass
@@ -122,7 +124,7 @@ def _run_all(todo: list[Plan], device_list: list[str], per_device: int) -> list[
             if process.returncode:
                 failed.append((job, _ran_out_of_memory(job.folder, log_start)))
                 print(f"  FAILED {job.point.name} (exit {process.returncode}, {minutes:.1f} min): see"
-                      f" {job.folder / 'sweep.log'}", flush=True)  # fmt: skip
+                      f" {job.folder / LOG}", flush=True)  # fmt: skip
             else:
                 print(f"  done   {job.point.name} ({minutes:.1f} min)", flush=True)
     return failed
@@ -133,13 +135,13 @@ _OUT_OF_MEMORY = ("CUDA out of memory", "OutOfMemoryError")
 
 
 def _log_size(folder: Path) -> int:
-    log = folder / "sweep.log"
+    log = folder / LOG
     return log.stat().st_size if log.is_file() else 0
 
 
 def _ran_out_of_memory(folder: Path, start: int) -> bool:
     """Whether the point's run, which wrote its sweep.log from byte `start` on, stopped for want of GPU memory."""
-    with open(folder / "sweep.log", "rb") as log:
+    with open(folder / LOG, "rb") as log:
         log.seek(start)
         text = log.read().decode("utf-8", errors="replace")
     return any(sign in text for sign in _OUT_OF_MEMORY)
@@ -157,5 +159,5 @@ def _start(job: Plan, device: str) -> subprocess.Popen:
     plan_file = job.folder / "sweep_point.json"
     plan_file.write_text(json.dumps({"fit": job.fit, "test": job.test, "done": str(job.folder / DONE)}))
     command = [sys.executable, "-m", "titlegen.sweep.worker", str(plan_file)]
-    with open(job.folder / "sweep.log", "a", encoding="utf-8") as log:  # the child keeps its own descriptor
+    with open(job.folder / LOG, "a", encoding="utf-8") as log:  # the child keeps its own descriptor
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
