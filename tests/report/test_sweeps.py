@@ -104,7 +104,7 @@ def test_sweep_table_best_settings_and_figure(logs, tmp_path):
             "99",
         ]
     ).read_text()
-    assert assert_tables_well_formed(section(text, "Sweeps")) == 4, "points and best settings of two sweeps"
+    assert assert_tables_well_formed(section(text, "Sweeps")) == 6, "points, best settings, paired: two sweeps"
     part = section(text, "Sweeps").split("### `sweeps/rank`")[0]
     assert table_row(part, "learning_rate")[:5] == [
         "learning_rate",
@@ -139,6 +139,11 @@ def test_sweep_table_best_settings_and_figure(logs, tmp_path):
             (f1 + NOISE.mean(), f1 + NOISE.mean() - half, f1 + NOISE.mean() + half), abs=6e-4
         )
         assert row[4:] == ["t over 2 seeds", f"{val:.3f}"]
+    # Paired against each scope's best: the per-title differences are constant here, so the interval is a point.
+    paired = best.split("Each scope's best setting against", 1)[1]
+    for scope, diff in (("all", "+0.100"), ("last", "-0.030")):  # last's best by val F1 is worse on test
+        row = table_row(paired, f"learning_rate=0.001,lora_scope={scope} − learning_rate=0.0001,lora_scope={scope}")
+        assert row[1] == "20" and row[4] == f"{diff} [{diff}, {diff}]" and float(row[5]) < 0.05
     assert "](sweep_lr_scope_lr.png)" in text
     assert (out / "sweep_lr_scope_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -152,6 +157,12 @@ def test_sweep_table_best_settings_and_figure(logs, tmp_path):
     data = json.loads((out / "summary.json").read_text())["sweeps"]
     assert list(data) == ["sweeps/lr_scope", "sweeps/rank"] and len(data["sweeps/lr_scope"]["points"]) == 9
     assert data["sweeps/lr_scope"]["best"]["all"]["values"] == {"learning_rate": 0.001, "lora_scope": "all"}
+    against = data["sweeps/lr_scope"]["against_best"]
+    assert [(c["a"], c["b"], round(c["diff"], 6)) for c in against] == [
+        ("learning_rate=0.001,lora_scope=all", "learning_rate=0.0001,lora_scope=all", 0.1),
+        ("learning_rate=0.001,lora_scope=last", "learning_rate=0.0001,lora_scope=last", -0.03),
+    ]
+    assert [(c["a"], c["b"]) for c in data["sweeps/rank"]["against_best"]] == [("lora_r=16", "lora_r=8")]
 
 
 def test_learning_rate_lines_average_the_seeds(logs):
@@ -182,3 +193,9 @@ def test_a_test_only_sweep_chooses_on_test_f1(tmp_path):
     sweep = sweeps.load_sweep(logs, "sweeps/decoding", resamples=10, seed=0)
     assert [s.val_f1 for s in sweep.settings] == [0.5, 0.5, 0.5]
     assert sweep.best()["all"].values == {"generation": "greedy"}
+    found = sweep.compare_with_best(resamples=10, permutations=99, seed=0)
+    assert [(c.a, c.b, round(c.test.diff, 6), c.test.n) for c in found] == [
+        ("generation=greedy", "generation=beam", 0.05, 20),
+        ("generation=greedy", "generation=mbr", 0.03, 20),
+    ]
+    assert sweep.comparisons == found

@@ -30,6 +30,9 @@ def build_report(
     loaded = {name: load_experiment(logs, name) for name in experiments}
     results = [summarize(experiment, resamples, seed) for experiment in loaded.values() if experiment is not None]
     found_sweeps = {name: load_sweep(logs, name, resamples, seed) for name in sweeps}
+    for sweep in found_sweeps.values():
+        if sweep is not None:
+            sweep.compare_with_best(resamples, permutations, seed)
     return Report(
         logs=logs,
         results=results,

@@ -70,6 +70,15 @@ def _sweep(sweep: Sweep, figure: str | None) -> list[str]:
             "",
         ]
         lines += tables.sweep_best_table(sweep) + [""]
+    if sweep.comparisons:
+        lines += [
+            "Each scope's best setting against its other settings, paired over the test titles (bootstrap interval"
+            " and permutation test as for experiments). Where the best was chosen on test F1, its lead over the"
+            " runner-up is biased upward: read the p-value as a screen, not a confirmation.",
+            "",
+            *tables.comparison_table(sweep.comparisons),
+            "",
+        ]
     if figure:
         lines += [f"![Test F1 against the learning rate]({figure})", ""]
     return lines

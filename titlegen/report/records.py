@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from titlegen.report.document import Report
-from titlegen.report.results import Result, comparability, fit_summary, settings
+from titlegen.report.results import Comparison, Result, comparability, fit_summary, settings
 from titlegen.report.stats import Estimate
 from titlegen.report.sweeps import Sweep
 
@@ -39,6 +39,10 @@ def _result(result: Result) -> dict[str, Any]:
     }
 
 
+def _comparisons(comparisons: list[Comparison]) -> list[dict[str, Any]]:
+    return [{"a": c.a, "b": c.b, **(asdict(c.test) if c.test else {"why": c.why})} for c in comparisons]
+
+
 def _sweep(sweep: Sweep) -> dict[str, Any]:
     return {
         "keys": sweep.keys,
@@ -59,6 +63,7 @@ def _sweep(sweep: Sweep) -> dict[str, Any]:
             }
             for scope, best in sweep.best().items()
         },  # fmt: skip
+        "against_best": _comparisons(sweep.comparisons),
     }
 
 
@@ -69,9 +74,7 @@ def summary(report: Report) -> dict[str, Any]:
         "permutations": report.permutations,
         "seed": report.seed,
         "experiments": {result.name: _result(result) for result in report.results},
-        "comparisons": [
-            {"a": c.a, "b": c.b, **(asdict(c.test) if c.test else {"why": c.why})} for c in report.comparisons
-        ],
+        "comparisons": _comparisons(report.comparisons),
         "comparability": comparability(report.results),
         "sweeps": {sweep.experiment: _sweep(sweep) for sweep in report.sweeps},
         "missing": {"experiments": report.missing_experiments, "sweeps": report.missing_sweeps},

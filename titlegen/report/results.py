@@ -67,22 +67,22 @@ def pairs(names: list[str]) -> list[tuple[str, str]]:
     return found
 
 
+def compare_pair(a: Result, b: Result, resamples: int, permutations: int, seed: int) -> Comparison:
+    """a against b over the test ids both titled, each title's F1 averaged over the seeds' runs."""
+    scores_a, scores_b = a.experiment.per_title(), b.experiment.per_title()
+    if scores_a is None or scores_b is None:
+        missing = a.name if scores_a is None else b.name
+        return Comparison(a.name, b.name, why=f"{missing} has no per-title F1 (predictions.jsonl)")
+    common = sorted(set(scores_a) & set(scores_b))
+    if not common:
+        return Comparison(a.name, b.name, why="no test id in common")
+    test = paired_test([scores_a[i] for i in common], [scores_b[i] for i in common], resamples, permutations, seed)
+    return Comparison(a.name, b.name, test)
+
+
 def compare(results: list[Result], resamples: int, permutations: int, seed: int) -> list[Comparison]:
     by_name = {result.name: result for result in results}
-    comparisons = []
-    for a, b in pairs(list(by_name)):
-        scores_a, scores_b = by_name[a].experiment.per_title(), by_name[b].experiment.per_title()
-        if scores_a is None or scores_b is None:
-            missing = a if scores_a is None else b
-            comparisons.append(Comparison(a, b, why=f"{missing} has no per-title F1 (predictions.jsonl)"))
-            continue
-        common = sorted(set(scores_a) & set(scores_b))
-        if not common:
-            comparisons.append(Comparison(a, b, why="no test id in common"))
-            continue
-        test = paired_test([scores_a[i] for i in common], [scores_b[i] for i in common], resamples, permutations, seed)
-        comparisons.append(Comparison(a, b, test))
-    return comparisons
+    return [compare_pair(by_name[a], by_name[b], resamples, permutations, seed) for a, b in pairs(list(by_name))]
 
 
 def _shown(values: list[Any]) -> str:

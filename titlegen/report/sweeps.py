@@ -8,11 +8,11 @@ the report reads them back from the folder name, so it needs neither the sweep f
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from titlegen.report.results import Result, summarize
+from titlegen.report.results import Comparison, Result, compare_pair, summarize
 from titlegen.report.runs import Experiment, TestRun, newest_per_seed, read_test_runs
 
 SEED_KEY = "seed_everything"
@@ -41,10 +41,14 @@ class Setting:
 
 @dataclass
 class Sweep:
+    """A sweep's points and settings; `comparisons` (filled by `compare_with_best`): each scope's best setting
+    against each other setting of that scope."""
+
     experiment: str
     keys: list[str]
     points: list[Point]
     settings: list[Setting]
+    comparisons: list[Comparison] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -68,6 +72,17 @@ class Sweep:
             elif tested:
                 best[scope] = max(tested, key=lambda s: s.result.estimates["bertscore_f1"].mean)
         return dict(sorted(best.items()))
+
+    def compare_with_best(self, resamples: int, permutations: int, seed: int) -> list[Comparison]:
+        """Paired over the test titles (every point tests the same split): is the best setting better than each
+        other one of its scope, or within noise? Fills and returns `comparisons`."""
+        best = self.best()
+        self.comparisons = [
+            compare_pair(best[s.scope].result, s.result, resamples, permutations, seed)
+            for s in self.settings
+            if s.scope in best and s is not best[s.scope]
+        ]
+        return self.comparisons
 
 
 def parse_value(text: str) -> Any:
