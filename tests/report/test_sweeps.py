@@ -199,3 +199,20 @@ def test_a_test_only_sweep_chooses_on_test_f1(tmp_path):
         ("generation=greedy", "generation=mbr", 0.03, 20),
     ]
     assert sweep.comparisons == found
+
+    # `--experiments` with no name reports the sweep alone: no experiment is missing.
+    out = tmp_path / "out"
+    args = [
+        "--logs",
+        str(logs),
+        "--out",
+        str(out),
+        "--experiments",
+        "--sweep",
+        "sweeps/decoding",
+        "--permutations",
+        "99",
+    ]
+    text = report.main(args).read_text()
+    assert "## Missing" not in text and "## Hyperparameters" not in text
+    assert table_row(text, "generation=greedy − generation=mbr")[4] == "+0.030 [+0.030, +0.030]"

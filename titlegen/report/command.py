@@ -92,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--experiments",
-        nargs="+",
+        nargs="*",
         default=list(EXPERIMENTS),
         metavar="NAME",
-        help="experiment (logger) names under --logs, in table order (default: %(default)s)",
+        help="experiment (logger) names under --logs, in table order; none (`--experiments` alone) with --sweep"
+        " reports only the sweeps (default: %(default)s)",
     )
     parser.add_argument(
         "--sweep",
